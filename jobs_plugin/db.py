@@ -1,0 +1,128 @@
+"""Catalog engines and sessions; migrations are applied on first use of a database URL.
+
+SQLite runs in WAL mode with a busy timeout. Writers open their transaction with
+``BEGIN IMMEDIATE`` (a separate engine) so that two processes never both hold a read lock they
+then try to upgrade, which SQLite would answer with an immediate "database is locked".
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Engine
+from sqlmodel import Session
+
+from jobs_plugin.settings import get_settings
+
+_MIGRATIONS = Path(__file__).parent / "migrations"
+_lock = threading.Lock()
+_engines: dict[str, Catalog] = {}
+
+
+@dataclass(frozen=True)
+class Catalog:
+    """The engines of one catalog database: ``reader`` for queries, ``writer`` for changes."""
+
+    url: str
+    reader: Engine
+    writer: Engine
+
+    @property
+    def is_sqlite(self) -> bool:
+        return self.reader.dialect.name == "sqlite"
+
+
+def _sqlite_engine(url: str, *, immediate: bool, busy_timeout: float) -> Engine:
+    engine = sa.create_engine(url, connect_args={"check_same_thread": False})
+
+    @sa.event.listens_for(engine, "connect")
+    def _on_connect(dbapi_conn: Any, _record: Any) -> None:
+        dbapi_conn.isolation_level = None  # we issue BEGIN ourselves
+        cursor = dbapi_conn.cursor()
+        cursor.execute("PRAGMA journal_mode=WAL")
+        cursor.execute("PRAGMA synchronous=NORMAL")
+        cursor.execute("PRAGMA foreign_keys=ON")
+        cursor.execute(f"PRAGMA busy_timeout={int(busy_timeout * 1000)}")
+        cursor.close()
+
+    @sa.event.listens_for(engine, "begin")
+    def _on_begin(conn: sa.Connection) -> None:
+        conn.exec_driver_sql("BEGIN IMMEDIATE" if immediate else "BEGIN")
+
+    return engine
+
+
+def _build(url: str) -> Catalog:
+    settings = get_settings()
+    if url.startswith("sqlite"):
+        database = sa.make_url(url).database
+        if database and database != ":memory:":
+            Path(database).expanduser().parent.mkdir(parents=True, exist_ok=True)
+        busy = settings.sqlite_busy_timeout_seconds
+        return Catalog(
+            url,
+            _sqlite_engine(url, immediate=False, busy_timeout=busy),
+            _sqlite_engine(url, immediate=True, busy_timeout=busy),
+        )
+    engine = sa.create_engine(url, pool_pre_ping=True)
+    return Catalog(url, engine, engine)
+
+
+def migrate(catalog: Catalog) -> None:
+    """Bring the schema to the newest revision. Safe when several processes start at once."""
+    from alembic import command
+    from alembic.config import Config
+
+    config = Config()
+    config.set_main_option("script_location", str(_MIGRATIONS))
+    with catalog.writer.connect() as conn:
+        if conn.dialect.name == "postgresql":
+            conn.exec_driver_sql("SELECT pg_advisory_lock(827261)")
+        try:
+            config.attributes["connection"] = conn
+            command.upgrade(config, "head")
+            conn.commit()
+        finally:
+            if conn.dialect.name == "postgresql":
+                conn.exec_driver_sql("SELECT pg_advisory_unlock(827261)")
+                conn.commit()
+
+
+def get_catalog(url: str | None = None) -> Catalog:
+    """The (migrated) catalog for ``url``, or for the settings' database URL."""
+    url = url or get_settings().resolved_database_url
+    with _lock:
+        catalog = _engines.get(url)
+        if catalog is None:
+            catalog = _build(url)
+            migrate(catalog)
+            _engines[url] = catalog
+    return catalog
+
+
+def dispose_all() -> None:
+    """Close every pooled connection (tests, and processes about to fork)."""
+    with _lock:
+        for catalog in _engines.values():
+            catalog.reader.dispose()
+            catalog.writer.dispose()
+        _engines.clear()
+
+
+@contextmanager
+def read_session(url: str | None = None) -> Iterator[Session]:
+    with Session(get_catalog(url).reader, expire_on_commit=False) as session:
+        yield session
+
+
+@contextmanager
+def write_session(url: str | None = None) -> Iterator[Session]:
+    """A session whose transaction commits on success and rolls back on any error."""
+    with Session(get_catalog(url).writer, expire_on_commit=False) as session, session.begin():
+        yield session

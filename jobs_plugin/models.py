@@ -1,0 +1,440 @@
+"""Catalog tables and the API schemas around them, split the way SQLModel's docs do.
+
+For each entity: ``XBase`` (shared fields), ``X(table=True)``, ``XCreate``, ``XUpdate`` (all
+optional) and ``XPublic``. API schemas speak camelCase on the wire and accept snake_case in
+Python (``populate_by_name``).
+"""
+
+from __future__ import annotations
+
+import re
+from datetime import datetime, timezone
+from enum import Enum
+from typing import Any, Generic, TypeVar
+
+import sqlalchemy as sa
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    field_validator,
+    model_serializer,
+)
+from pydantic import (
+    Field as PydanticField,
+)
+from pydantic.alias_generators import to_camel
+from sqlmodel import Field, SQLModel
+
+from jobs_plugin.translation import JobStatus, WorkflowRunStatus
+
+T = TypeVar("T")
+WORKFLOW_ID_PATTERN = re.compile(r"^[a-z0-9][a-z0-9_.\-]{0,99}$")
+
+
+def utcnow() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+class UTCDateTime(sa.TypeDecorator[datetime]):
+    """A timestamp that is always timezone-aware UTC in Python, whatever the database keeps."""
+
+    impl = sa.DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: sa.Dialect) -> datetime | None:
+        if value is not None and value.tzinfo is None:
+            value = value.replace(tzinfo=timezone.utc)
+        return value
+
+    def process_result_value(
+        self, value: datetime | None, dialect: sa.Dialect
+    ) -> datetime | None:
+        if value is not None and value.tzinfo is None:
+            value = value.replace(tzinfo=timezone.utc)
+        return value
+
+
+def _ts(nullable: bool = False, index: bool = False) -> Any:
+    if nullable:
+        return Field(default=None, sa_type=UTCDateTime, nullable=True, index=index)
+    return Field(default_factory=utcnow, sa_type=UTCDateTime, nullable=False, index=index)
+
+
+def _json(name: str | None = None) -> Any:
+    column = sa.Column(name, sa.JSON, nullable=True) if name else sa.Column(sa.JSON, nullable=True)
+    return Field(default=None, sa_column=column)
+
+
+API_CONFIG = ConfigDict(alias_generator=to_camel, populate_by_name=True, from_attributes=True)
+
+
+class JobType(str, Enum):
+    FILE = "file"
+    WORKBOOK = "workbook"
+    SHEET = "sheet"
+
+
+class Operation(str, Enum):
+    EXTRACT = "extract"
+    MAP = "map"
+    DELETE = "delete"
+    EXPORT = "export"
+
+
+# Which job types each operation acts on (the seed's four kinds of jobs).
+OPERATION_TYPES: dict[Operation, frozenset[JobType]] = {
+    Operation.EXTRACT: frozenset({JobType.FILE}),
+    Operation.MAP: frozenset({JobType.WORKBOOK, JobType.SHEET}),
+    Operation.DELETE: frozenset({JobType.WORKBOOK, JobType.SHEET}),
+    Operation.EXPORT: frozenset({JobType.WORKBOOK, JobType.SHEET}),
+}
+
+
+class Trigger(str, Enum):
+    MANUAL = "manual"
+    IMMEDIATE = "immediate"
+
+
+class Isolation(str, Enum):
+    INLINE = "inline"
+    PROCESS = "process"
+
+
+# --------------------------------------------------------------------------- organization
+
+
+class OrganizationBase(SQLModel):
+    name: str = Field(index=True, unique=True, max_length=200)
+
+
+class Organization(OrganizationBase, table=True):
+    id: str = Field(primary_key=True, max_length=40)
+    created_at: datetime = _ts()
+
+
+class OrganizationPublic(OrganizationBase):
+    model_config = API_CONFIG
+    id: str
+    created_at: datetime
+
+
+# --------------------------------------------------------------------------- workflow
+
+
+class WorkflowBase(SQLModel):
+    name: str = Field(max_length=200)
+    description: str | None = None
+    entrypoint: str = Field(
+        max_length=500,
+        description="`path/to/file.py:flow_name` or `package.module:flow_name`.",
+    )
+    isolation: Isolation = Field(default=Isolation.INLINE, sa_type=sa.String(20))
+    retries: int = Field(default=0, ge=0)
+    retry_delay_seconds: float = Field(default=0, ge=0)
+    timeout_seconds: float | None = Field(default=None, gt=0)
+
+
+class Workflow(WorkflowBase, table=True):
+    id: str = Field(primary_key=True, max_length=100)
+    organization_id: str | None = Field(
+        default=None, foreign_key="organization.id", index=True, max_length=40
+    )
+    parameter_schema: dict[str, Any] | None = _json()
+    created_at: datetime = _ts()
+    updated_at: datetime = _ts()
+
+
+class WorkflowCreate(WorkflowBase):
+    model_config = API_CONFIG
+    id: str
+
+    @field_validator("id")
+    @classmethod
+    def _id_shape(cls, value: str) -> str:
+        if not WORKFLOW_ID_PATTERN.match(value):
+            raise ValueError(
+                "must be 1-100 characters of a-z, 0-9, '.', '_' or '-', starting with a letter "
+                "or digit"
+            )
+        return value
+
+
+class WorkflowPublic(WorkflowBase):
+    model_config = API_CONFIG
+    id: str
+    organization_id: str | None
+    parameter_schema: dict[str, Any] | None
+    created_at: datetime
+    updated_at: datetime
+
+
+# --------------------------------------------------------------------------- job config
+
+
+class StepSpec(SQLModel):
+    """One entry of `workflowExecutionOrder`: a workflow id with optional per-step settings.
+
+    On the wire an entry is either the bare workflow id (Anon's shape) or an object.
+    """
+
+    model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True, extra="forbid")
+
+    workflow_id: str
+    parameters: dict[str, Any] = PydanticField(default_factory=dict)
+    isolation: Isolation | None = None
+    retries: int | None = PydanticField(default=None, ge=0)
+    retry_delay_seconds: float | None = PydanticField(default=None, ge=0)
+    timeout_seconds: float | None = PydanticField(default=None, gt=0)
+
+    @model_serializer(mode="wrap")
+    def _compact(self, handler: Any) -> Any:
+        data = handler(self)
+        rest = {k: v for k, v in data.items() if k not in ("workflowId", "workflow_id")}
+        if all(v in (None, {}) for v in rest.values()):
+            return self.workflow_id
+        return {k: v for k, v in data.items() if v not in (None, {})}
+
+
+class JobConfigJson(SQLModel):
+    model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True, extra="allow")
+
+    workflow_execution_order: list[StepSpec] = PydanticField(default_factory=list)
+
+    @field_validator("workflow_execution_order", mode="before")
+    @classmethod
+    def _ids_to_steps(cls, value: Any) -> Any:
+        if isinstance(value, list):
+            return [{"workflowId": v} if isinstance(v, str) else v for v in value]
+        return value
+
+
+# --------------------------------------------------------------------------- job
+
+
+class JobBase(SQLModel):
+    name: str = Field(min_length=1, max_length=200)
+    source_provider: str | None = Field(default=None, max_length=200)
+    type: JobType | None = Field(default=None, sa_type=sa.String(20))
+    operation: Operation | None = Field(default=None, sa_type=sa.String(40))
+    source: str | None = Field(default=None, max_length=200)
+    destination: str | None = Field(default=None, max_length=200)
+    trigger: Trigger = Field(default=Trigger.MANUAL, sa_type=sa.String(20))
+
+
+class Job(JobBase, table=True):
+    id: str = Field(primary_key=True, max_length=40)
+    organization_id: str = Field(foreign_key="organization.id", index=True, max_length=40)
+    job_config_json: dict[str, Any] | None = _json()
+    config: dict[str, Any] | None = _json()
+    input: dict[str, Any] | None = _json()
+    job_metadata: dict[str, Any] | None = _json("metadata")
+    version: int = Field(default=1)
+    status: JobStatus = Field(default=JobStatus.READY, sa_type=sa.String(20), index=True)
+    last_run_id: str | None = Field(default=None, max_length=40)
+    created_by: str | None = Field(default=None, max_length=200)
+    updated_by: str | None = Field(default=None, max_length=200)
+    created_at: datetime = _ts()
+    updated_at: datetime = _ts()
+    deleted_at: datetime | None = _ts(nullable=True)
+
+
+class JobCreate(JobBase):
+    model_config = API_CONFIG
+    job_config_json: JobConfigJson = PydanticField(default_factory=JobConfigJson)
+    config: dict[str, Any] | None = None
+    input: dict[str, Any] | None = None
+    job_metadata: dict[str, Any] | None = PydanticField(default=None, alias="metadata")
+
+
+class JobUpdate(SQLModel):
+    """Partial update; every field is optional and only the ones set are applied."""
+
+    model_config = API_CONFIG
+    name: str | None = PydanticField(default=None, min_length=1, max_length=200)
+    source_provider: str | None = None
+    type: JobType | None = None
+    operation: Operation | None = None
+    source: str | None = None
+    destination: str | None = None
+    trigger: Trigger | None = None
+    job_config_json: JobConfigJson | None = None
+    config: dict[str, Any] | None = None
+    input: dict[str, Any] | None = None
+    job_metadata: dict[str, Any] | None = PydanticField(default=None, alias="metadata")
+
+
+class JobPublic(JobBase):
+    model_config = API_CONFIG
+    id: str
+    organization_id: str
+    job_config_json: JobConfigJson
+    config: dict[str, Any] | None = None
+    input: dict[str, Any] | None = None
+    job_metadata: dict[str, Any] | None = PydanticField(default=None, alias="metadata")
+    version: int
+    status: JobStatus
+    last_run_id: str | None = None
+    created_by: str | None = None
+    updated_by: str | None = None
+    created_at: datetime
+    updated_at: datetime
+
+
+class JobVersion(SQLModel, table=True):
+    """Every configuration a job has had; runs point at the version they ran."""
+
+    __tablename__ = "job_version"
+    __table_args__ = (sa.UniqueConstraint("job_id", "version"),)
+    id: int | None = Field(default=None, primary_key=True)
+    job_id: str = Field(foreign_key="job.id", index=True, max_length=40)
+    version: int
+    snapshot: dict[str, Any] = Field(sa_column=sa.Column(sa.JSON, nullable=False))
+    created_by: str | None = Field(default=None, max_length=200)
+    created_at: datetime = _ts()
+
+
+class JobVersionPublic(SQLModel):
+    model_config = API_CONFIG
+    job_id: str
+    version: int
+    snapshot: dict[str, Any]
+    created_by: str | None
+    created_at: datetime
+
+
+# --------------------------------------------------------------------------- runs
+
+
+class JobRunBase(SQLModel):
+    status: JobStatus = Field(default=JobStatus.PLANNING, sa_type=sa.String(20), index=True)
+    parts: int = Field(default=0, ge=0)
+    processed: int = Field(default=0, ge=0)
+    progress: int = Field(default=0, ge=0, le=100)
+    info: str | None = None
+    attempt: int = Field(default=1, ge=1)
+    job_version: int
+    start_position: int = Field(default=0, ge=0)
+
+
+class JobRun(JobRunBase, table=True):
+    __tablename__ = "job_run"
+    id: str = Field(primary_key=True, max_length=40)
+    job_id: str = Field(foreign_key="job.id", index=True, max_length=40)
+    organization_id: str = Field(foreign_key="organization.id", index=True, max_length=40)
+    snapshot: dict[str, Any] = Field(sa_column=sa.Column(sa.JSON, nullable=False))
+    outcome: dict[str, Any] | None = _json()
+    retry_of: str | None = Field(default=None, max_length=40)
+    prefect_flow_run_id: str | None = Field(default=None, max_length=40, index=True)
+    cancel_requested_at: datetime | None = _ts(nullable=True)
+    created_by: str | None = Field(default=None, max_length=200)
+    created_at: datetime = _ts()
+    updated_at: datetime = _ts()
+    started_at: datetime | None = _ts(nullable=True)
+    finished_at: datetime | None = _ts(nullable=True)
+
+
+class WorkflowRunBase(SQLModel):
+    position: int = Field(ge=0)
+    workflow_id: str = Field(max_length=100)
+    name: str = Field(max_length=200)
+    isolation: Isolation = Field(sa_type=sa.String(20))
+    status: WorkflowRunStatus = Field(default=WorkflowRunStatus.PENDING, sa_type=sa.String(20))
+    parts: int = Field(default=1, ge=0)
+    processed: int = Field(default=0, ge=0)
+    error: str | None = None
+
+
+class WorkflowRun(WorkflowRunBase, table=True):
+    __tablename__ = "workflow_run"
+    __table_args__ = (sa.UniqueConstraint("run_id", "position"),)
+    id: str = Field(primary_key=True, max_length=40)
+    run_id: str = Field(foreign_key="job_run.id", index=True, max_length=40)
+    prefect_flow_run_id: str | None = Field(default=None, max_length=40)
+    reused_from: str | None = Field(
+        default=None,
+        max_length=40,
+        description="Workflow run of an earlier attempt whose success this step carries over.",
+    )
+    started_at: datetime | None = _ts(nullable=True)
+    finished_at: datetime | None = _ts(nullable=True)
+
+
+class WorkflowRunPublic(WorkflowRunBase):
+    model_config = API_CONFIG
+    id: str
+    run_id: str
+    prefect_flow_run_id: str | None
+    reused_from: str | None
+    started_at: datetime | None
+    finished_at: datetime | None
+
+
+class JobRunPublic(JobRunBase):
+    model_config = API_CONFIG
+    id: str
+    job_id: str
+    organization_id: str
+    outcome: dict[str, Any] | None
+    retry_of: str | None
+    prefect_flow_run_id: str | None
+    cancel_requested_at: datetime | None
+    created_at: datetime
+    updated_at: datetime
+    started_at: datetime | None
+    finished_at: datetime | None
+    workflow_runs: list[WorkflowRunPublic] = PydanticField(default_factory=list)
+
+
+# --------------------------------------------------------------------------- events
+
+
+class EventBase(SQLModel):
+    topic: str = Field(max_length=60, index=True)
+    domain: str = Field(default="job", max_length=40)
+    job_id: str = Field(max_length=40, index=True)
+    run_id: str | None = Field(default=None, max_length=40, index=True)
+    sequence: int = Field(ge=0, description="Order of the event within its run (or job, if none).")
+
+
+class Event(EventBase, table=True):
+    __table_args__ = (sa.UniqueConstraint("job_id", "run_id", "sequence"),)
+    cursor: int | None = Field(
+        default=None,
+        primary_key=True,
+        description="Catalog-wide order of events; what live streams resume from.",
+    )
+    id: str = Field(max_length=40, unique=True, index=True)
+    organization_id: str = Field(foreign_key="organization.id", index=True, max_length=40)
+    context: dict[str, Any] | None = _json()
+    payload: dict[str, Any] | None = _json()
+    created_at: datetime = _ts(index=True)
+    acknowledged_at: datetime | None = _ts(nullable=True)
+    acknowledged_by: str | None = Field(default=None, max_length=200)
+
+
+class EventPublic(EventBase):
+    model_config = API_CONFIG
+    id: str
+    cursor: int
+    organization_id: str
+    context: dict[str, Any] | None
+    payload: dict[str, Any] | None
+    created_at: datetime
+    acknowledged_at: datetime | None = None
+
+
+# --------------------------------------------------------------------------- pages
+
+
+class Page(BaseModel, Generic[T]):
+    """One page of a list: the items plus what a caller needs to ask for the next."""
+
+    model_config = API_CONFIG
+    items: list[T]
+    total: int
+    page_number: int
+    page_size: int
+
+    @property
+    def page_count(self) -> int:
+        return max(1, -(-self.total // self.page_size)) if self.page_size else 1
