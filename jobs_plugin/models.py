@@ -65,6 +65,17 @@ def _json(name: str | None = None) -> Any:
     return Field(default=None, sa_column=column)
 
 
+def _enum(enum: type[Enum], length: int = 20) -> Any:
+    """A VARCHAR column that gives the enum back on load (SQLModel does not coerce)."""
+    return sa.Enum(
+        enum,
+        native_enum=False,
+        create_constraint=False,
+        length=length,
+        values_callable=lambda e: [m.value for m in e],
+    )
+
+
 API_CONFIG = ConfigDict(alias_generator=to_camel, populate_by_name=True, from_attributes=True)
 
 
@@ -128,7 +139,7 @@ class WorkflowBase(SQLModel):
         max_length=500,
         description="`path/to/file.py:flow_name` or `package.module:flow_name`.",
     )
-    isolation: Isolation = Field(default=Isolation.INLINE, sa_type=sa.String(20))
+    isolation: Isolation = Field(default=Isolation.INLINE, sa_type=_enum(Isolation))
     retries: int = Field(default=0, ge=0)
     retry_delay_seconds: float = Field(default=0, ge=0)
     timeout_seconds: float | None = Field(default=None, gt=0)
@@ -214,11 +225,11 @@ class JobConfigJson(SQLModel):
 class JobBase(SQLModel):
     name: str = Field(min_length=1, max_length=200)
     source_provider: str | None = Field(default=None, max_length=200)
-    type: JobType | None = Field(default=None, sa_type=sa.String(20))
-    operation: Operation | None = Field(default=None, sa_type=sa.String(40))
+    type: JobType | None = Field(default=None, sa_type=_enum(JobType))
+    operation: Operation | None = Field(default=None, sa_type=_enum(Operation, 40))
     source: str | None = Field(default=None, max_length=200)
     destination: str | None = Field(default=None, max_length=200)
-    trigger: Trigger = Field(default=Trigger.MANUAL, sa_type=sa.String(20))
+    trigger: Trigger = Field(default=Trigger.MANUAL, sa_type=_enum(Trigger))
 
 
 class Job(JobBase, table=True):
@@ -229,7 +240,7 @@ class Job(JobBase, table=True):
     input: dict[str, Any] | None = _json()
     job_metadata: dict[str, Any] | None = _json("metadata")
     version: int = Field(default=1)
-    status: JobStatus = Field(default=JobStatus.READY, sa_type=sa.String(20), index=True)
+    status: JobStatus = Field(default=JobStatus.READY, sa_type=_enum(JobStatus), index=True)
     last_run_id: str | None = Field(default=None, max_length=40)
     created_by: str | None = Field(default=None, max_length=200)
     updated_by: str | None = Field(default=None, max_length=200)
@@ -306,7 +317,7 @@ class JobVersionPublic(SQLModel):
 
 
 class JobRunBase(SQLModel):
-    status: JobStatus = Field(default=JobStatus.PLANNING, sa_type=sa.String(20), index=True)
+    status: JobStatus = Field(default=JobStatus.PLANNING, sa_type=_enum(JobStatus), index=True)
     parts: int = Field(default=0, ge=0)
     processed: int = Field(default=0, ge=0)
     progress: int = Field(default=0, ge=0, le=100)
@@ -337,8 +348,8 @@ class WorkflowRunBase(SQLModel):
     position: int = Field(ge=0)
     workflow_id: str = Field(max_length=100)
     name: str = Field(max_length=200)
-    isolation: Isolation = Field(sa_type=sa.String(20))
-    status: WorkflowRunStatus = Field(default=WorkflowRunStatus.PENDING, sa_type=sa.String(20))
+    isolation: Isolation = Field(sa_type=_enum(Isolation))
+    status: WorkflowRunStatus = Field(default=WorkflowRunStatus.PENDING, sa_type=_enum(WorkflowRunStatus))
     parts: int = Field(default=1, ge=0)
     processed: int = Field(default=0, ge=0)
     error: str | None = None

@@ -1,0 +1,461 @@
+"""The Python API: what ``jobs_plugin`` exports. Synchronous functions over the catalog and the
+engine; ``a``-prefixed coroutines for callers already inside an event loop.
+
+Every function takes an optional ``organization`` (a name; default: the settings'
+``default_organization``) and returns public schemas (``JobPublic``, ``JobRunPublic``...).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable, Coroutine
+from typing import Any, TypeVar
+
+from prefect import Flow
+from prefect.utilities.asyncutils import run_coro_as_sync
+
+from jobs_plugin import catalog, compiler, engine, planner, registry
+from jobs_plugin.errors import ValidationError
+from jobs_plugin.events import Subscription
+from jobs_plugin.models import (
+    EventPublic,
+    Isolation,
+    Job,
+    JobConfigJson,
+    JobCreate,
+    JobPublic,
+    JobRun,
+    JobRunPublic,
+    JobUpdate,
+    JobVersionPublic,
+    Page,
+    Trigger,
+    WorkflowCreate,
+    WorkflowPublic,
+    WorkflowRunPublic,
+)
+from jobs_plugin.settings import get_settings
+from jobs_plugin.translation import JobStatus
+
+T = TypeVar("T")
+logger = logging.getLogger("prefect_jobs")
+_bootstrapped: set[str] = set()
+_bootstrap_lock = threading.Lock()
+
+
+def _sync(coro: Coroutine[Any, Any, T]) -> T:
+    return run_coro_as_sync(coro)  # type: ignore[return-value]
+
+
+def organization_id(organization: str | None = None) -> str:
+    """The id of the organization called ``organization`` (created on first use)."""
+    _bootstrap()
+    return catalog.ensure_organization(organization or get_settings().default_organization).id
+
+
+def _bootstrap() -> None:
+    """Register the workflows of ``settings.workflow_modules`` once per process and catalog."""
+    url = get_settings().resolved_database_url
+    if url in _bootstrapped:
+        return
+    with _bootstrap_lock:
+        if url in _bootstrapped:
+            return
+        _bootstrapped.add(url)
+        for module in get_settings().workflow_modules:
+            try:
+                for spec in registry.declared_in(module):
+                    _register(spec, None)
+            except ImportError as exc:
+                logger.warning("workflow module %s not importable: %s", module, exc)
+
+
+# --------------------------------------------------------------------------- workflows
+
+
+def _register(spec: WorkflowCreate, org_id: str | None) -> WorkflowPublic:
+    flow = registry.load_flow(spec.entrypoint)
+    saved = catalog.upsert_workflow(
+        spec, organization_id=org_id, parameter_schema=registry.schema_of(flow)
+    )
+    return WorkflowPublic.model_validate(saved)
+
+
+def register_workflow(
+    flow_or_entrypoint: Flow[..., Any] | str,
+    *,
+    id: str | None = None,
+    name: str | None = None,
+    description: str | None = None,
+    isolation: Isolation | str | None = None,
+    retries: int | None = None,
+    retry_delay_seconds: float | None = None,
+    timeout_seconds: float | None = None,
+    organization: str | None = None,
+    builtin: bool = False,
+) -> WorkflowPublic:
+    """Register (or update) a workflow in the catalog.
+
+    ``flow_or_entrypoint``: a Prefect flow defined at module level (``@workflow`` settings are
+    used as defaults) or an entrypoint ``path/to/file.py:flow`` / ``package.module:flow``.
+    ``builtin=True`` makes it visible to every organization.
+    """
+    if isinstance(flow_or_entrypoint, str):
+        flow, entrypoint = registry.load_flow(flow_or_entrypoint), flow_or_entrypoint
+    else:
+        flow, entrypoint = flow_or_entrypoint, registry.entrypoint_of(flow_or_entrypoint)
+    declared = registry.declaration_of(flow)
+    base = declared.model_dump() if declared else {}
+    given = {
+        "id": id,
+        "name": name,
+        "description": description,
+        "isolation": isolation,
+        "retries": retries,
+        "retry_delay_seconds": retry_delay_seconds,
+        "timeout_seconds": timeout_seconds,
+    }
+    data = {
+        "id": flow.name,
+        "name": flow.name,
+        "description": flow.description,
+        **base,
+        **{k: v for k, v in given.items() if v is not None},
+        "entrypoint": entrypoint,
+    }
+    try:
+        spec = WorkflowCreate.model_validate(data)
+    except Exception as exc:
+        raise _validation_error(exc) from exc
+    return _register(spec, None if builtin else organization_id(organization))
+
+
+def register_module(module: str, *, organization: str | None = None) -> list[WorkflowPublic]:
+    """Import ``module`` and register every workflow it declares with ``@workflow``."""
+    org_id = organization_id(organization)
+    try:
+        specs = registry.declared_in(module)
+    except ImportError as exc:
+        raise ValidationError("module", f"cannot import {module!r}: {exc}") from exc
+    return [_register(spec, org_id) for spec in specs]
+
+
+def list_workflows(*, organization: str | None = None) -> list[WorkflowPublic]:
+    return [
+        WorkflowPublic.model_validate(w)
+        for w in catalog.list_workflows(organization_id(organization))
+    ]
+
+
+def get_workflow(workflow_id: str, *, organization: str | None = None) -> WorkflowPublic:
+    return WorkflowPublic.model_validate(
+        catalog.get_workflow(workflow_id, organization_id(organization))
+    )
+
+
+# --------------------------------------------------------------------------- jobs
+
+
+def to_public(job: Job) -> JobPublic:
+    return JobPublic.model_validate(
+        {**job.model_dump(), "job_config_json": JobConfigJson.model_validate(job.job_config_json or {})}
+    )
+
+
+def _validation_error(exc: Exception) -> ValidationError:
+    """A pydantic error as our ValidationError naming the first offending field (camelCase)."""
+    from pydantic import ValidationError as PydanticValidationError
+    from pydantic.alias_generators import to_camel
+
+    if isinstance(exc, PydanticValidationError) and exc.errors():
+        first = exc.errors()[0]
+        where = ".".join(
+            to_camel(p) if isinstance(p, str) else f"[{p}]" for p in first["loc"]
+        ).replace(".[", "[")
+        return ValidationError(where or "body", first["msg"])
+    return ValidationError("body", str(exc))
+
+
+def _job_spec(spec: JobCreate | dict[str, Any] | None, fields: dict[str, Any]) -> JobCreate:
+    if isinstance(spec, JobCreate) and not fields:
+        return spec
+    data = spec.model_dump(by_alias=True) if isinstance(spec, JobCreate) else dict(spec or {})
+    data.update(fields)
+    try:
+        return JobCreate.model_validate(data)
+    except Exception as exc:
+        raise _validation_error(exc) from exc
+
+
+def create_job(
+    spec: JobCreate | dict[str, Any] | None = None,
+    *,
+    organization: str | None = None,
+    actor: str | None = None,
+    wait: bool = False,
+    **fields: Any,
+) -> JobPublic:
+    """Create a job from a ``JobCreate``, a dict (camelCase or snake_case) or keyword fields.
+
+    The configuration is validated (workflow ids, parameters, type/operation) before anything
+    is written. A ``trigger="immediate"`` job starts a run at once (``wait=True`` blocks until
+    it ends).
+    """
+    job_spec = _job_spec(spec, fields)
+    org_id = organization_id(organization)
+    _validate(job_spec, org_id)
+    job = catalog.create_job(org_id, job_spec, actor=actor)
+    if job.trigger is Trigger.IMMEDIATE:
+        _sync(engine.execute(job.id, org_id, wait=wait, actor=actor))
+        job = catalog.get_job(job.id, org_id)
+    return to_public(job)
+
+
+def _validate(spec: JobCreate | JobUpdate | Job, org_id: str) -> None:
+    planner.plan(
+        org_id,
+        job_name=spec.name or "",
+        job_type=spec.type,
+        operation=spec.operation,
+        job_config_json=spec.job_config_json,
+    )
+
+
+def get_job(job_id: str, *, organization: str | None = None) -> JobPublic:
+    return to_public(catalog.get_job(job_id, organization_id(organization)))
+
+
+def list_jobs(
+    *,
+    organization: str | None = None,
+    page_number: int = 1,
+    page_size: int = 50,
+    status: JobStatus | str | None = None,
+    source_provider: str | None = None,
+    type: str | None = None,
+    operation: str | None = None,
+    sort_direction: str = "desc",
+) -> Page[JobPublic]:
+    if page_number < 1:
+        raise ValidationError("pageNumber", "must be 1 or more")
+    if not 1 <= page_size <= 1000:
+        raise ValidationError("pageSize", "must be between 1 and 1000")
+    if sort_direction not in ("asc", "desc"):
+        raise ValidationError("sortDirection", "must be 'asc' or 'desc'")
+    try:
+        wanted = JobStatus(status.upper() if isinstance(status, str) else status) if status else None
+    except ValueError as exc:
+        choices = ", ".join(s.value for s in JobStatus)
+        raise ValidationError("status", f"must be one of {choices}") from exc
+    page = catalog.list_jobs(
+        organization_id(organization),
+        page_number=page_number,
+        page_size=page_size,
+        status=wanted,
+        source_provider=source_provider,
+        type=type,
+        operation=operation,
+        sort_direction=sort_direction,
+    )
+    return Page[JobPublic](
+        items=[to_public(j) for j in page.items],
+        total=page.total,
+        page_number=page.page_number,
+        page_size=page.page_size,
+    )
+
+
+def update_job(
+    job_id: str,
+    changes: JobUpdate | dict[str, Any] | None = None,
+    *,
+    expected_version: int | None = None,
+    organization: str | None = None,
+    actor: str | None = None,
+    **fields: Any,
+) -> JobPublic:
+    """Change a job; the result is validated as a whole before it is saved as a new version."""
+    data = (
+        changes.model_dump(by_alias=True, exclude_unset=True)
+        if isinstance(changes, JobUpdate)
+        else dict(changes or {})
+    )
+    data.update(fields)
+    try:
+        update = JobUpdate.model_validate(data)
+    except Exception as exc:
+        raise _validation_error(exc) from exc
+    org_id = organization_id(organization)
+    current = catalog.get_job(job_id, org_id)
+    merged = current.model_copy(update=update.model_dump(exclude_unset=True))
+    if update.job_config_json is not None:
+        merged.job_config_json = update.job_config_json.model_dump(by_alias=True, mode="json")
+    _validate(merged, org_id)
+    job = catalog.update_job(
+        job_id, org_id, update, expected_version=expected_version, actor=actor
+    )
+    return to_public(job)
+
+
+def delete_job(job_id: str, *, organization: str | None = None, actor: str | None = None) -> None:
+    catalog.delete_job(job_id, organization_id(organization), actor=actor)
+
+
+def list_versions(job_id: str, *, organization: str | None = None) -> list[JobVersionPublic]:
+    return [
+        JobVersionPublic.model_validate(v)
+        for v in catalog.list_versions(job_id, organization_id(organization))
+    ]
+
+
+def compile_job(
+    job_id: str, *, version: int | None = None, organization: str | None = None
+) -> Flow[..., Any]:
+    """The Prefect flow a job compiles to (its current version, or ``version``)."""
+    org_id = organization_id(organization)
+    if version is None:
+        return compiler.compile_job(catalog.get_job(job_id, org_id))
+    return compiler.compile_job(catalog.get_version(job_id, org_id, version).snapshot)
+
+
+def plan(job_id: str, *, organization: str | None = None) -> list[dict[str, Any]]:
+    """The resolved workflows of a job, with validated parameters, as a run would execute them."""
+    job = catalog.get_job(job_id, organization_id(organization))
+    return [s.describe() for s in planner.plan_snapshot(catalog.snapshot_of(job))]
+
+
+# --------------------------------------------------------------------------- runs
+
+
+def run_public(run: JobRun) -> JobRunPublic:
+    steps = [WorkflowRunPublic.model_validate(s) for s in catalog.list_workflow_runs(run.id)]
+    return JobRunPublic.model_validate({**run.model_dump(), "workflow_runs": steps})
+
+
+async def aexecute(
+    job_id: str,
+    *,
+    version: int | None = None,
+    wait: bool = True,
+    organization: str | None = None,
+    actor: str | None = None,
+) -> JobRunPublic:
+    run = await engine.execute(
+        job_id, organization_id(organization), version=version, wait=wait, actor=actor
+    )
+    return run_public(run)
+
+
+def execute(
+    job_id: str,
+    *,
+    version: int | None = None,
+    wait: bool = True,
+    organization: str | None = None,
+    actor: str | None = None,
+) -> JobRunPublic:
+    """Run a job now in this process. ``wait=False`` returns the READY run at once."""
+    return _sync(
+        aexecute(job_id, version=version, wait=wait, organization=organization, actor=actor)
+    )
+
+
+def cancel(run_id: str, *, organization: str | None = None) -> JobRunPublic:
+    return run_public(engine.cancel(run_id, organization_id(organization)))
+
+
+async def aretry(
+    run_id: str, *, wait: bool = True, organization: str | None = None, actor: str | None = None
+) -> JobRunPublic:
+    run = await engine.retry(run_id, organization_id(organization), wait=wait, actor=actor)
+    return run_public(run)
+
+
+def retry(
+    run_id: str, *, wait: bool = True, organization: str | None = None, actor: str | None = None
+) -> JobRunPublic:
+    """Run a FAILED or CANCELED run again from its first unfinished workflow."""
+    return _sync(aretry(run_id, wait=wait, organization=organization, actor=actor))
+
+
+def get_run(run_id: str, *, organization: str | None = None) -> JobRunPublic:
+    return run_public(catalog.get_run(run_id, organization_id(organization)))
+
+
+def list_runs(
+    job_id: str | None = None,
+    *,
+    status: JobStatus | str | None = None,
+    organization: str | None = None,
+    page_number: int = 1,
+    page_size: int = 50,
+) -> Page[JobRunPublic]:
+    org_id = organization_id(organization)
+    if job_id is not None:
+        catalog.get_job(job_id, org_id)
+    page = catalog.list_runs(
+        org_id,
+        job_id=job_id,
+        status=JobStatus(status) if status else None,
+        page_number=page_number,
+        page_size=page_size,
+    )
+    return Page[JobRunPublic](
+        items=[run_public(r) for r in page.items],
+        total=page.total,
+        page_number=page.page_number,
+        page_size=page.page_size,
+    )
+
+
+def list_workflow_runs(run_id: str, *, organization: str | None = None) -> list[WorkflowRunPublic]:
+    catalog.get_run(run_id, organization_id(organization))
+    return [WorkflowRunPublic.model_validate(s) for s in catalog.list_workflow_runs(run_id)]
+
+
+# --------------------------------------------------------------------------- events
+
+
+def list_events(
+    *,
+    job_id: str | None = None,
+    run_id: str | None = None,
+    topic: str | None = None,
+    after: int | None = None,
+    limit: int = 100,
+    organization: str | None = None,
+) -> list[EventPublic]:
+    """Events oldest first; ``after`` is a cursor (``EventPublic.cursor``) to resume from."""
+    events = catalog.list_events(
+        organization_id(organization),
+        job_id=job_id,
+        run_id=run_id,
+        topic=topic,
+        after_cursor=after,
+        limit=limit,
+    )
+    return [EventPublic.model_validate(e) for e in events]
+
+
+def subscribe(
+    callback: Callable[[EventPublic], Any],
+    *,
+    job_id: str | None = None,
+    run_id: str | None = None,
+    topics: list[str] | None = None,
+    from_start: bool = False,
+    organization: str | None = None,
+) -> Subscription:
+    """Call ``callback`` for every new event (in order, across processes) until ``.close()``.
+
+    Events come from the catalog, so runs in other processes are seen too.
+    """
+    return Subscription.start(
+        callback,
+        organization_id=organization_id(organization),
+        job_id=job_id,
+        run_id=run_id,
+        topics=topics,
+        after=None if from_start else catalog.latest_cursor(),
+    )

@@ -1,0 +1,86 @@
+"""The read-only context a workflow runs with, and the only channel it has to report progress.
+
+A workflow sees its own parameters and this context: ids of the job, the run and itself, its
+position, the attempt. It cannot read other workflows' parameters or results. Reporting
+(``set_parts``, ``advance``, ``report``) writes the run's parts, processed count, progress
+and info, and emits ``job:updated`` at most every ``progress_event_seconds``.
+"""
+
+from __future__ import annotations
+
+import time
+from contextvars import ContextVar
+from dataclasses import dataclass, field
+
+from jobs_plugin import catalog
+from jobs_plugin.settings import get_settings
+
+_current: ContextVar[RunContext | None] = ContextVar("prefect_jobs_run_context", default=None)
+
+
+@dataclass(frozen=True)
+class RunContext:
+    job_id: str
+    job_name: str
+    run_id: str
+    organization_id: str
+    attempt: int
+    workflow_id: str
+    workflow_run_id: str
+    position: int
+    _last_event: list[float] = field(default_factory=lambda: [0.0], repr=False, compare=False)
+
+    def set_parts(self, parts: int) -> None:
+        """Declare how many parts (chunks) this workflow will process; default 1."""
+        self._report(parts=parts, force=True)
+
+    def advance(self, parts: int = 1, *, info: str | None = None) -> None:
+        """Count ``parts`` more parts of this workflow as processed."""
+        self._report(advance=parts, info=info)
+
+    def report(self, fraction: float | None = None, *, info: str | None = None) -> None:
+        """Report finer progress within this workflow (0..1) and/or a status text."""
+        self._report(fraction=fraction, info=info)
+
+    def _report(
+        self,
+        *,
+        parts: int | None = None,
+        advance: int = 0,
+        fraction: float | None = None,
+        info: str | None = None,
+        force: bool = False,
+    ) -> None:
+        now = time.monotonic()
+        emit = force or now - self._last_event[0] >= get_settings().progress_event_seconds
+        if emit:
+            self._last_event[0] = now
+        catalog.report_progress(
+            self.workflow_run_id,
+            parts=parts,
+            advance=advance,
+            fraction=fraction,
+            info=info,
+            emit=emit,
+        )
+
+
+def get_run_context() -> RunContext:
+    """The context of the workflow being run; raises outside of a job run."""
+    ctx = _current.get()
+    if ctx is None:
+        raise RuntimeError("get_run_context() called outside of a prefect-jobs workflow run")
+    return ctx
+
+
+def current_run_context() -> RunContext | None:
+    """The context of the workflow being run, or None outside of a job run."""
+    return _current.get()
+
+
+def bind(ctx: RunContext | None) -> object:
+    return _current.set(ctx)
+
+
+def unbind(token: object) -> None:
+    _current.reset(token)  # type: ignore[arg-type]

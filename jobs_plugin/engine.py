@@ -1,0 +1,131 @@
+"""Starting, cancelling and retrying job runs.
+
+A run goes PLANNING (record created, plan resolved and validated) → READY (a Prefect flow run
+exists, Pending) → EXECUTING (the flow runs) → COMPLETED | FAILED | CANCELED. Execution happens
+in the caller's process against whatever Prefect API is configured (``PREFECT_API_URL``, or
+Prefect's temporary local server when none is). Async flows throughout: no 1-second wait per
+synchronous flow run.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+from typing import Any
+
+from prefect import Flow
+from prefect.client.orchestration import get_client
+from prefect.client.schemas.objects import FlowRun, StateType
+from prefect.flow_engine import run_flow_async
+from prefect.states import Pending
+
+from jobs_plugin import catalog, compiler, planner, runner
+from jobs_plugin.errors import ExecutionError, ValidationError
+from jobs_plugin.models import JobRun
+
+logger = logging.getLogger("prefect_jobs.engine")
+_background: set[threading.Thread] = set()
+
+
+async def execute(
+    job_id: str,
+    organization_id: str,
+    *,
+    version: int | None = None,
+    wait: bool = True,
+    actor: str | None = None,
+) -> JobRun:
+    """Run a job (its current version, or ``version``). With ``wait=False`` the run goes on in a
+    background thread of this process and the READY run is returned at once."""
+    run = catalog.create_run(job_id, organization_id, version=version, actor=actor)
+    return await launch(run, wait=wait)
+
+
+async def retry(
+    run_id: str, organization_id: str, *, wait: bool = True, actor: str | None = None
+) -> JobRun:
+    """A new attempt of a FAILED or CANCELED run, starting at its first unfinished workflow."""
+    run = catalog.create_retry_run(run_id, organization_id, actor=actor)
+    return await launch(run, wait=wait)
+
+
+def cancel(run_id: str, organization_id: str | None = None) -> JobRun:
+    """Ask a run to stop: before its next workflow, or now for the running one where possible.
+
+    A run that has not reached EXECUTING is ended CANCELED at once by whoever runs it next.
+    """
+    return catalog.request_cancel(run_id, organization_id)
+
+
+async def launch(run: JobRun, *, wait: bool) -> JobRun:
+    try:
+        steps = planner.plan_snapshot(run.snapshot)
+    except ValidationError as exc:
+        return catalog.observe_state(
+            run.id, StateType.FAILED, "Failed", message=f"planning failed: {exc}"
+        )
+    catalog.set_plan(run.id, runner.plan_rows(steps))
+    flow = compiler.compile_job(run.snapshot, steps=steps)
+    try:
+        async with get_client() as client:
+            flow_run = await client.create_flow_run(
+                flow,
+                name=f"{compiler.flow_name(run.snapshot['name'])}/{run.id}",
+                parameters={"run_id": run.id},
+                tags=compiler.job_tags(run.snapshot, run.id),
+                state=Pending(),
+            )
+    except Exception as exc:
+        catalog.observe_state(
+            run.id, StateType.FAILED, "Failed", message=f"could not reach the Prefect API: {exc}"
+        )
+        raise ExecutionError(f"could not create the Prefect flow run: {exc}") from exc
+    run = catalog.observe_state(
+        run.id, StateType.PENDING, "Pending", prefect_flow_run_id=str(flow_run.id)
+    )
+    if wait:
+        await _drive(flow, flow_run, run.id)
+        return catalog.get_run(run.id)
+    thread = threading.Thread(
+        target=lambda: asyncio.run(_drive(flow, flow_run, run.id)),
+        name=f"prefect-jobs-{run.id}",
+    )
+    _background.add(thread)
+    thread.start()
+    return run
+
+
+async def _drive(flow: Flow[..., Any], flow_run: FlowRun, run_id: str) -> None:
+    """Run the job's flow run here; observe its final state (the hooks normally did already)."""
+    try:
+        if catalog.is_cancel_requested(run_id):
+            from prefect.states import Cancelled
+
+            async with get_client() as client:
+                await client.set_flow_run_state(
+                    flow_run.id, Cancelled(message="canceled before it started"), force=True
+                )
+            catalog.observe_state(
+                run_id, StateType.CANCELLED, "Cancelled", message="canceled before it started"
+            )
+            return
+        state = await run_flow_async(
+            flow, flow_run=flow_run, parameters={"run_id": run_id}, return_type="state"
+        )
+        catalog.observe_state(run_id, state.type, state.name, message=state.message)
+    except BaseException as exc:
+        catalog.observe_state(
+            run_id, StateType.CRASHED, "Crashed", message=f"the job's flow crashed: {exc!r}"
+        )
+        if not isinstance(exc, Exception):
+            raise
+        logger.exception("job run %s crashed", run_id)
+    finally:
+        _background.discard(threading.current_thread())
+
+
+def wait_for_background(timeout: float | None = None) -> None:
+    """Join runs started with ``wait=False`` in this process (tests, short-lived scripts)."""
+    for thread in list(_background):
+        thread.join(timeout)
