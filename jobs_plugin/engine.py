@@ -36,8 +36,8 @@ async def execute(
     wait: bool = True,
     actor: str | None = None,
 ) -> JobRun:
-    """Run a job (its current version, or ``version``). With ``wait=False`` the run goes on in a
-    background thread of this process and the READY run is returned at once."""
+    """Run a job (its current version, or ``version``). With ``wait=False`` the run is returned
+    at once, in PLANNING, and goes on in a background thread of this process."""
     run = catalog.create_run(job_id, organization_id, version=version, actor=actor)
     return await launch(run, wait=wait)
 
@@ -59,6 +59,21 @@ def cancel(run_id: str, organization_id: str | None = None) -> JobRun:
 
 
 async def launch(run: JobRun, *, wait: bool) -> JobRun:
+    """Plan, create the Prefect flow run and run it; in a background thread unless ``wait``."""
+    if not wait:
+        thread = threading.Thread(
+            target=lambda: asyncio.run(launch(run, wait=True)), name=f"prefect-jobs-{run.id}"
+        )
+        _background.add(thread)
+        thread.start()
+        return run
+    try:
+        return await _launch(run)
+    finally:
+        _background.discard(threading.current_thread())
+
+
+async def _launch(run: JobRun) -> JobRun:
     try:
         steps = planner.plan_snapshot(run.snapshot)
     except ValidationError as exc:
@@ -84,16 +99,8 @@ async def launch(run: JobRun, *, wait: bool) -> JobRun:
     run = catalog.observe_state(
         run.id, StateType.PENDING, "Pending", prefect_flow_run_id=str(flow_run.id)
     )
-    if wait:
-        await _drive(flow, flow_run, run.id)
-        return catalog.get_run(run.id)
-    thread = threading.Thread(
-        target=lambda: asyncio.run(_drive(flow, flow_run, run.id)),
-        name=f"prefect-jobs-{run.id}",
-    )
-    _background.add(thread)
-    thread.start()
-    return run
+    await _drive(flow, flow_run, run.id)
+    return catalog.get_run(run.id)
 
 
 async def _drive(flow: Flow[..., Any], flow_run: FlowRun, run_id: str) -> None:
@@ -121,8 +128,6 @@ async def _drive(flow: Flow[..., Any], flow_run: FlowRun, run_id: str) -> None:
         if not isinstance(exc, Exception):
             raise
         logger.exception("job run %s crashed", run_id)
-    finally:
-        _background.discard(threading.current_thread())
 
 
 def wait_for_background(timeout: float | None = None) -> None:
