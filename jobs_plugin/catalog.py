@@ -644,6 +644,11 @@ def report_progress(
     return run
 
 
+def get_workflow_run(workflow_run_id: str) -> WorkflowRun:
+    with read_session() as session:
+        return _get_workflow_run(session, workflow_run_id)
+
+
 def _get_workflow_run(session: Session, workflow_run_id: str) -> WorkflowRun:
     step = session.get(WorkflowRun, workflow_run_id)
     if step is None:

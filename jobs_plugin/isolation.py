@@ -111,6 +111,12 @@ async def _run_in_process(
     return StepOutcome(state=state, canceled=canceled, prefect_flow_run_id=str(flow_run.id))
 
 
+async def mark_cancelled(flow_run_id: str, message: str) -> None:
+    """Record in Prefect that a subflow we interrupted was canceled (not crashed)."""
+    async with get_client() as client:
+        await client.set_flow_run_state(flow_run_id, Cancelled(message=message), force=True)
+
+
 async def _wait(
     process: multiprocessing.process.BaseProcess,
     cancel_requested: CancelCheck,

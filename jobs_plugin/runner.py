@@ -18,7 +18,7 @@ from prefect.context import FlowRunContext
 from prefect.states import Cancelled, Completed, Failed
 
 from jobs_plugin import catalog, compiler, context, isolation
-from jobs_plugin.models import JobRun
+from jobs_plugin.models import Isolation, JobRun
 from jobs_plugin.planner import PlannedStep
 from jobs_plugin.settings import get_settings
 from jobs_plugin.translation import WorkflowRunStatus, workflow_status_for_state
@@ -81,6 +81,7 @@ async def _run_steps(snapshot: dict[str, Any], steps: list[PlannedStep], run: Jo
             position=step.position,
         )
         step_flow = compiler.build_step_flow(step, snapshot["name"], ctx)
+        where = f"workflow {step.workflow_id!r} (step {step.position + 1} of {total})"
         try:
             with tags(f"workflow:{step.workflow_id}"):
                 outcome = await isolation.run_step(
@@ -92,7 +93,6 @@ async def _run_steps(snapshot: dict[str, Any], steps: list[PlannedStep], run: Jo
                 )
         finally:
             _restore(env, cwd)
-        where = f"workflow {step.workflow_id!r} (step {step.position + 1} of {total})"
         if outcome.canceled:
             catalog.finish_workflow_run(
                 record.id,
@@ -100,6 +100,9 @@ async def _run_steps(snapshot: dict[str, Any], steps: list[PlannedStep], run: Jo
                 error="canceled",
                 prefect_flow_run_id=outcome.prefect_flow_run_id,
             )
+            interrupted = catalog.get_workflow_run(record.id).prefect_flow_run_id
+            if interrupted and step.isolation is Isolation.INLINE:
+                await isolation.mark_cancelled(interrupted, f"canceled during {where}")
             catalog.mark_not_run(run.id, step.position + 1)
             return Cancelled(message=f"canceled during {where}")
         state = outcome.state

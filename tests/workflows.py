@@ -61,10 +61,17 @@ async def gate(path: str) -> None:
 
 @workflow(id="test.sleep")
 @flow(name="sleep")
-async def sleep(seconds: float, started_path: str | None = None) -> None:
+async def sleep(
+    seconds: float, started_path: str | None = None, release_path: str | None = None
+) -> None:
+    """Sleep `seconds`, or until the file at `release_path` exists."""
     if started_path:
         Path(started_path).write_text("started")
-    await asyncio.sleep(seconds)
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if release_path and Path(release_path).exists():
+            return
+        await asyncio.sleep(0.05)
 
 
 @workflow(id="test.sync-sleep")
