@@ -45,7 +45,7 @@ _bootstrap_lock = threading.Lock()
 
 
 def _sync(coro: Coroutine[Any, Any, T]) -> T:
-    return run_coro_as_sync(coro)  # type: ignore[return-value]
+    return run_coro_as_sync(coro)
 
 
 def organization_id(organization: str | None = None) -> str:
@@ -159,7 +159,10 @@ def get_workflow(workflow_id: str, *, organization: str | None = None) -> Workfl
 
 def to_public(job: Job) -> JobPublic:
     return JobPublic.model_validate(
-        {**job.model_dump(), "job_config_json": JobConfigJson.model_validate(job.job_config_json or {})}
+        {
+            **job.model_dump(),
+            "job_config_json": JobConfigJson.model_validate(job.job_config_json or {}),
+        }
     )
 
 
@@ -244,7 +247,9 @@ def list_jobs(
     if sort_direction not in ("asc", "desc"):
         raise ValidationError("sortDirection", "must be 'asc' or 'desc'")
     try:
-        wanted = JobStatus(status.upper() if isinstance(status, str) else status) if status else None
+        wanted = (
+            JobStatus(status.upper() if isinstance(status, str) else status) if status else None
+        )
     except ValueError as exc:
         choices = ", ".join(s.value for s in JobStatus)
         raise ValidationError("status", f"must be one of {choices}") from exc
@@ -292,9 +297,7 @@ def update_job(
     if update.job_config_json is not None:
         merged.job_config_json = update.job_config_json.model_dump(by_alias=True, mode="json")
     _validate(merged, org_id)
-    job = catalog.update_job(
-        job_id, org_id, update, expected_version=expected_version, actor=actor
-    )
+    job = catalog.update_job(job_id, org_id, update, expected_version=expected_version, actor=actor)
     return to_public(job)
 
 

@@ -13,8 +13,10 @@ from typing import Any
 
 import sqlalchemy as sa
 from sqlmodel import Session, col, func, select
+from sqlmodel.sql.expression import SelectOfScalar
 
 from jobs_plugin import ids
+from jobs_plugin.db import read_session, write_session
 from jobs_plugin.errors import (
     EventNotFound,
     InvalidTransition,
@@ -23,7 +25,6 @@ from jobs_plugin.errors import (
     VersionConflict,
     WorkflowNotFound,
 )
-from jobs_plugin.db import read_session, write_session
 from jobs_plugin.models import (
     Event,
     Job,
@@ -98,12 +99,13 @@ def upsert_workflow(
     with write_session() as session:
         workflow = session.get(Workflow, spec.id)
         if workflow is None:
-            workflow = Workflow(id=spec.id, organization_id=organization_id)
+            workflow = Workflow(organization_id=organization_id, **spec.model_dump())
         elif workflow.organization_id != organization_id:
             raise InvalidTransition(
                 f"workflow id {spec.id!r} is already registered to another organization"
             )
-        workflow.sqlmodel_update(spec.model_dump(exclude={"id"}))
+        else:
+            workflow.sqlmodel_update(spec.model_dump(exclude={"id"}))
         workflow.parameter_schema = parameter_schema
         workflow.updated_at = utcnow()
         session.add(workflow)
@@ -112,7 +114,7 @@ def upsert_workflow(
 
 def _visible(organization_id: str | None) -> Any:
     return sa.or_(
-        col(Workflow.organization_id).is_(None), Workflow.organization_id == organization_id
+        col(Workflow.organization_id).is_(None), col(Workflow.organization_id) == organization_id
     )
 
 
@@ -129,7 +131,9 @@ def get_workflow(workflow_id: str, organization_id: str | None) -> Workflow:
 def find_workflows(workflow_ids: Sequence[str], organization_id: str) -> dict[str, Workflow]:
     with read_session() as session:
         rows = session.exec(
-            select(Workflow).where(col(Workflow.id).in_(set(workflow_ids)), _visible(organization_id))
+            select(Workflow).where(
+                col(Workflow.id).in_(set(workflow_ids)), _visible(organization_id)
+            )
         ).all()
     return {w.id: w for w in rows}
 
@@ -183,7 +187,7 @@ def create_job(organization_id: str, spec: JobCreate, *, actor: str | None = Non
     return job
 
 
-def _job_query(organization_id: str) -> Any:
+def _job_query(organization_id: str) -> SelectOfScalar[Job]:
     return select(Job).where(Job.organization_id == organization_id, col(Job.deleted_at).is_(None))
 
 
@@ -365,7 +369,8 @@ def create_retry_run(run_id: str, organization_id: str, *, actor: str | None = N
         previous = _locked_run(session, run_id, organization_id)
         if previous.status not in (JobStatus.FAILED, JobStatus.CANCELED):
             raise InvalidTransition(
-                f"run {run_id} is {previous.status.value}; only FAILED or CANCELED runs can be retried"
+                f"run {run_id} is {previous.status.value}; "
+                "only FAILED or CANCELED runs can be retried"
             )
         job = _locked_job(session, previous.job_id, organization_id)
         steps = _workflow_runs(session, run_id)
@@ -436,9 +441,7 @@ def list_runs(
             .offset((page_number - 1) * page_size)
             .limit(page_size)
         ).all()
-    return Page[JobRun](
-        items=list(rows), total=total, page_number=page_number, page_size=page_size
-    )
+    return Page[JobRun](items=list(rows), total=total, page_number=page_number, page_size=page_size)
 
 
 def list_workflow_runs(run_id: str) -> list[WorkflowRun]:
@@ -534,7 +537,7 @@ def observe_state(
 def _default_outcome(status: JobStatus, run: JobRun) -> str:
     if status is JobStatus.COMPLETED:
         return f"{run.processed} of {run.parts} parts processed"
-    return status.value.lower()
+    return str(status.value).lower()
 
 
 def request_cancel(run_id: str, organization_id: str | None = None) -> JobRun:
@@ -768,4 +771,4 @@ def get_event(event_id: str, organization_id: str) -> Event:
 
 def latest_cursor() -> int:
     with read_session() as session:
-        return session.exec(select(func.max(Event.cursor))).one() or 0
+        return int(session.exec(select(func.max(Event.cursor))).one() or 0)

@@ -120,7 +120,8 @@ async def _drive(flow: Flow[..., Any], flow_run: FlowRun, run_id: str) -> None:
         state = await run_flow_async(
             flow, flow_run=flow_run, parameters={"run_id": run_id}, return_type="state"
         )
-        catalog.observe_state(run_id, state.type, state.name, message=state.message)
+        if state is not None:
+            catalog.observe_state(run_id, state.type, state.name, message=state.message)
     except BaseException as exc:
         catalog.observe_state(
             run_id, StateType.CRASHED, "Crashed", message=f"the job's flow crashed: {exc!r}"

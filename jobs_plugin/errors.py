@@ -47,7 +47,7 @@ class EventNotFound(NotFoundError):
 
 
 class ValidationError(JobsError):
-    """Bad input. ``field`` is the dotted path of the offending field (camelCase, as on the wire)."""
+    """Bad input. ``field`` is the dotted path of the offending field, spelled as on the wire."""
 
     def __init__(self, field: str, message: str) -> None:
         self.field = field

@@ -9,9 +9,9 @@ thread), ``process`` terminates the workflow's process.
 from __future__ import annotations
 
 import multiprocessing.process
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 import anyio
 import anyio.to_thread
@@ -66,7 +66,8 @@ async def _run_inline(
                     return
 
         group.start_soon(watch)
-        outcome.state = await step_flow(**parameters, return_state=True)
+        call = step_flow(**parameters, return_state=True)
+        outcome.state = await cast(Awaitable[State[Any]], call)
         group.cancel_scope.cancel()
     return outcome
 

@@ -46,9 +46,7 @@ class UTCDateTime(sa.TypeDecorator[datetime]):
             value = value.replace(tzinfo=timezone.utc)
         return value
 
-    def process_result_value(
-        self, value: datetime | None, dialect: sa.Dialect
-    ) -> datetime | None:
+    def process_result_value(self, value: datetime | None, dialect: sa.Dialect) -> datetime | None:
         if value is not None and value.tzinfo is None:
             value = value.replace(tzinfo=timezone.utc)
         return value
@@ -76,7 +74,14 @@ def _enum(enum: type[Enum], length: int = 20) -> Any:
     )
 
 
-API_CONFIG = ConfigDict(alias_generator=to_camel, populate_by_name=True, from_attributes=True)
+def _api_config(**extra: Any) -> Any:
+    """camelCase on the wire, snake_case accepted in Python. (Typed ``Any``: SQLModel declares
+    ``model_config`` with its own TypedDict.)"""
+    config: dict[str, Any] = {"alias_generator": to_camel, "populate_by_name": True, **extra}
+    return ConfigDict(**config)  # type: ignore[typeddict-item]
+
+
+API_CONFIG = _api_config(from_attributes=True)
 
 
 class JobType(str, Enum):
@@ -188,7 +193,7 @@ class StepSpec(SQLModel):
     On the wire an entry is either the bare workflow id (Anon's shape) or an object.
     """
 
-    model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True, extra="forbid")
+    model_config = _api_config(extra="forbid")
 
     workflow_id: str
     parameters: dict[str, Any] = PydanticField(default_factory=dict)
@@ -207,7 +212,7 @@ class StepSpec(SQLModel):
 
 
 class JobConfigJson(SQLModel):
-    model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True, extra="allow")
+    model_config = _api_config(extra="allow")
 
     workflow_execution_order: list[StepSpec] = PydanticField(default_factory=list)
 
@@ -349,7 +354,9 @@ class WorkflowRunBase(SQLModel):
     workflow_id: str = Field(max_length=100)
     name: str = Field(max_length=200)
     isolation: Isolation = Field(sa_type=_enum(Isolation))
-    status: WorkflowRunStatus = Field(default=WorkflowRunStatus.PENDING, sa_type=_enum(WorkflowRunStatus))
+    status: WorkflowRunStatus = Field(
+        default=WorkflowRunStatus.PENDING, sa_type=_enum(WorkflowRunStatus)
+    )
     parts: int = Field(default=1, ge=0)
     processed: int = Field(default=0, ge=0)
     error: str | None = None

@@ -82,9 +82,7 @@ def steps_of(
     config: JobConfigJson | dict[str, Any] | None, operation: Operation | str | None
 ) -> list[StepSpec]:
     parsed = (
-        config
-        if isinstance(config, JobConfigJson)
-        else JobConfigJson.model_validate(config or {})
+        config if isinstance(config, JobConfigJson) else JobConfigJson.model_validate(config or {})
     )
     steps = list(parsed.workflow_execution_order)
     if not steps and operation is not None:

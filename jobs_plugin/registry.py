@@ -9,9 +9,11 @@ from __future__ import annotations
 
 import importlib
 import inspect
+import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 from functools import lru_cache
+from pathlib import Path
 from typing import Any, TypeVar, overload
 
 from prefect import Flow
@@ -33,9 +35,14 @@ class Declared:
 
 
 def entrypoint_of(flow: Flow[..., Any]) -> str:
-    """``package.module:function`` of a flow defined at module level."""
+    """``package.module:function`` of a flow defined at module level; for a flow defined in
+    the script being run (``__main__``), ``/path/to/script.py:function``."""
     fn = flow.fn
     module = getattr(fn, "__module__", None)
+    if module == "__main__" and "<locals>" not in fn.__qualname__:
+        main_file = getattr(sys.modules["__main__"], "__file__", None)
+        if main_file:
+            return f"{Path(main_file).resolve()}:{fn.__qualname__}"
     if not module or module == "__main__" or "<locals>" in fn.__qualname__:
         raise ValidationError(
             "entrypoint",
@@ -124,7 +131,7 @@ def declared_in(module_name: str) -> list[WorkflowCreate]:
 def load_flow(entrypoint: str) -> Flow[..., Any]:
     """The flow an entrypoint names: ``path/to/file.py:flow`` or ``package.module:flow``."""
     try:
-        loaded = load_flow_from_entrypoint(entrypoint, use_placeholder_flow=False)
+        loaded: Any = load_flow_from_entrypoint(entrypoint, use_placeholder_flow=False)
     except Exception as exc:
         raise ValidationError("entrypoint", f"cannot load {entrypoint!r}: {exc}") from exc
     if not isinstance(loaded, Flow):

@@ -19,9 +19,9 @@ os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
 os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
 
-import jobs_plugin as jp  # noqa: E402
-from jobs_plugin import db  # noqa: E402
-from jobs_plugin.settings import get_settings  # noqa: E402
+import jobs_plugin as jp
+from jobs_plugin import db
+from jobs_plugin.settings import get_settings
 
 POSTGRES_ADMIN_URL = os.environ.get(
     "PREFECT_JOBS_TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"
@@ -72,9 +72,7 @@ def _drop_postgres_database(url: str) -> None:
     db.dispose_all()
     admin = sa.create_engine(POSTGRES_ADMIN_URL, isolation_level="AUTOCOMMIT")
     with admin.connect() as conn:
-        conn.exec_driver_sql(
-            f'DROP DATABASE IF EXISTS "{sa.make_url(url).database}" WITH (FORCE)'
-        )
+        conn.exec_driver_sql(f'DROP DATABASE IF EXISTS "{sa.make_url(url).database}" WITH (FORCE)')
     admin.dispose()
 
 

@@ -394,9 +394,7 @@ def test_inline_isolation_restores_env_and_cwd(catalog_url: str, tmp_path: Path)
     workdir.mkdir()
     report = tmp_path / "report.json"
     cwd = os.getcwd()
-    job = make_job(
-        step("test.mutate", workdir=str(workdir)), step("test.report", path=str(report))
-    )
+    job = make_job(step("test.mutate", workdir=str(workdir)), step("test.report", path=str(report)))
     assert jp.execute(job.id).status is JobStatus.COMPLETED
     seen = json.loads(report.read_text())
     assert seen["env"] is None and seen["cwd"] == cwd
@@ -413,8 +411,14 @@ def test_workflow_sees_only_its_parameters_and_a_read_only_context(
     line = json.loads(out.read_text())
     assert line == {"label": "a", "position": 0, "workflow": "test.record", "run": run.id}
     ctx = jp.RunContext(
-        job_id="j", job_name="n", run_id="r", organization_id="o", attempt=1,
-        workflow_id="w", workflow_run_id="x", position=0,
+        job_id="j",
+        job_name="n",
+        run_id="r",
+        organization_id="o",
+        attempt=1,
+        workflow_id="w",
+        workflow_run_id="x",
+        position=0,
     )
     with pytest.raises(AttributeError):
         ctx.run_id = "other"  # type: ignore[misc]

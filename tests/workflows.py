@@ -28,7 +28,12 @@ async def noop() -> None:
 async def record(path: str, label: str) -> str:
     """Append `label` and the run context to the JSON-lines file at `path`."""
     ctx = get_run_context()
-    line = {"label": label, "position": ctx.position, "workflow": ctx.workflow_id, "run": ctx.run_id}
+    line = {
+        "label": label,
+        "position": ctx.position,
+        "workflow": ctx.workflow_id,
+        "run": ctx.run_id,
+    }
     with open(path, "a") as fh:
         fh.write(json.dumps(line) + "\n")
     return label
