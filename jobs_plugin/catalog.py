@@ -562,7 +562,7 @@ def is_cancel_requested(run_id: str) -> bool:
 
 def start_workflow_run(workflow_run_id: str, *, prefect_flow_run_id: str | None = None) -> None:
     with write_session() as session:
-        step = _get_workflow_run(session, workflow_run_id)
+        step = _get_workflow_run(session, workflow_run_id, lock=True)
         step.status = WorkflowRunStatus.RUNNING
         step.started_at = step.started_at or utcnow()
         if prefect_flow_run_id:
@@ -579,7 +579,9 @@ def finish_workflow_run(
 ) -> JobRun:
     """End a step. A COMPLETED step counts all its parts as processed and emits `job:updated`."""
     with write_session() as session:
-        step = _get_workflow_run(session, workflow_run_id)
+        # Lock order everywhere: step, then run. Reading the step unlocked would let
+        # concurrent reports write back a stale count (lost updates on PostgreSQL).
+        step = _get_workflow_run(session, workflow_run_id, lock=True)
         run = _locked_run(session, step.run_id)
         step.status = status
         step.error = error
@@ -621,8 +623,11 @@ def report_progress(
     step's remaining parts. The run's ``progress`` never goes down; ``processed <= parts``.
     """
     with write_session() as session:
-        step = _get_workflow_run(session, workflow_run_id)
+        # Lock order everywhere: step, then run. Reading the step unlocked would let
+        # concurrent reports write back a stale count (lost updates on PostgreSQL).
+        step = _get_workflow_run(session, workflow_run_id, lock=True)
         run = _locked_run(session, step.run_id)
+        before = (run.parts, run.processed, run.progress, run.info)
         if parts is not None:
             new_parts = max(parts, step.processed, 1)
             run.parts += new_parts - step.parts
@@ -642,7 +647,7 @@ def report_progress(
         run.updated_at = utcnow()
         session.add(step)
         session.add(run)
-        if emit:
+        if emit and (run.parts, run.processed, run.progress, run.info) != before:
             _emit(session, None, run, Topic.UPDATED, _run_payload(run, step))
     return run
 
@@ -652,8 +657,9 @@ def get_workflow_run(workflow_run_id: str) -> WorkflowRun:
         return _get_workflow_run(session, workflow_run_id)
 
 
-def _get_workflow_run(session: Session, workflow_run_id: str) -> WorkflowRun:
-    step = session.get(WorkflowRun, workflow_run_id)
+def _get_workflow_run(session: Session, workflow_run_id: str, lock: bool = False) -> WorkflowRun:
+    query = select(WorkflowRun).where(WorkflowRun.id == workflow_run_id)
+    step = session.exec(query.with_for_update() if lock else query).first()
     if step is None:
         raise RunNotFound(workflow_run_id)
     return step

@@ -17,7 +17,8 @@ Pure functions, no I/O. The table (also in the README):
 
 A status never goes backwards (rank PLANNING < READY < EXECUTING < terminal); a state that
 would move it back, or sideways between terminal statuses, changes nothing. Moving forward
-emits one event per status entered, and the statuses skipped on the way are entered too:
+emits one event per status entered; on the way to COMPLETED (only) the statuses skipped are
+entered too, so a completed run always reads waiting, started, completed:
 
 | entering   | event          | note                                                      |
 |------------|----------------|-----------------------------------------------------------|
