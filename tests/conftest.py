@@ -36,16 +36,23 @@ def prefect_api() -> Iterator[None]:
         yield
 
 
-def _use_catalog(url: str) -> None:
-    os.environ["PREFECT_JOBS_DATABASE_URL"] = url
+def _use_catalog(monkeypatch: pytest.MonkeyPatch, url: str) -> None:
+    """Point the settings at ``url`` for one test (monkeypatch restores the environment)."""
+    monkeypatch.setenv("PREFECT_JOBS_DATABASE_URL", url)
+    get_settings.cache_clear()
+
+
+@pytest.fixture(autouse=True)
+def _fresh_settings() -> Iterator[None]:
+    yield
     get_settings.cache_clear()
 
 
 @pytest.fixture
-def catalog_url(tmp_path: Path) -> Iterator[str]:
+def catalog_url(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
     """A fresh SQLite catalog, with the test workflows registered."""
     url = f"sqlite:///{tmp_path / 'catalog.db'}"
-    _use_catalog(url)
+    _use_catalog(monkeypatch, url)
     jp.register_module("tests.workflows")
     yield url
     db.dispose_all()
@@ -77,13 +84,15 @@ def _drop_postgres_database(url: str) -> None:
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])
-def any_catalog_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+def any_catalog_url(
+    request: pytest.FixtureRequest, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> Iterator[str]:
     """The test runs once on SQLite and once on PostgreSQL."""
     if request.param == "sqlite":
         url = f"sqlite:///{tmp_path / 'catalog.db'}"
     else:
         url = _postgres_database()
-    _use_catalog(url)
+    _use_catalog(monkeypatch, url)
     jp.register_module("tests.workflows")
     yield url
     if request.param == "postgresql":
