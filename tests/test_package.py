@@ -31,6 +31,7 @@ def test_public_api_is_sorted_and_importable() -> None:
 
 
 def test_settings_come_from_prefixed_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("PREFECT_JOBS_DATABASE_URL", raising=False)
     monkeypatch.setenv("PREFECT_JOBS_HOME", "/srv/jobs")
     monkeypatch.setenv("PREFECT_JOBS_CANCEL_POLL_SECONDS", "0.5")
     settings = Settings()
