@@ -131,9 +131,12 @@ def register_workflow(
     return _register(spec, None if builtin else organization_id(organization))
 
 
-def register_module(module: str, *, organization: str | None = None) -> list[WorkflowPublic]:
-    """Import ``module`` and register every workflow it declares with ``@workflow``."""
-    org_id = organization_id(organization)
+def register_module(
+    module: str, *, organization: str | None = None, builtin: bool = False
+) -> list[WorkflowPublic]:
+    """Import ``module`` and register every workflow it declares with ``@workflow``
+    (``builtin=True``: visible to every organization)."""
+    org_id = None if builtin else organization_id(organization)
     try:
         specs = registry.declared_in(module)
     except ImportError as exc:

@@ -561,13 +561,22 @@ def is_cancel_requested(run_id: str) -> bool:
 
 
 def start_workflow_run(workflow_run_id: str, *, prefect_flow_run_id: str | None = None) -> None:
+    """A step entered Running (again, on a Prefect retry): it becomes the run's current
+    workflow, named in ``info`` and announced with `job:updated`."""
     with write_session() as session:
         step = _get_workflow_run(session, workflow_run_id, lock=True)
+        run = _locked_run(session, step.run_id)
+        retrying = step.status is WorkflowRunStatus.RUNNING
         step.status = WorkflowRunStatus.RUNNING
         step.started_at = step.started_at or utcnow()
         if prefect_flow_run_id:
             step.prefect_flow_run_id = prefect_flow_run_id
         session.add(step)
+        verb = "retrying" if retrying else "running"
+        run.info = f"{verb} {step.name} (step {step.position + 1})"
+        run.updated_at = utcnow()
+        session.add(run)
+        _emit(session, None, run, Topic.UPDATED, _run_payload(run, step))
 
 
 def finish_workflow_run(

@@ -62,7 +62,7 @@ async def launch(run: JobRun, *, wait: bool) -> JobRun:
     """Plan, create the Prefect flow run and run it; in a background thread unless ``wait``."""
     if not wait:
         thread = threading.Thread(
-            target=lambda: asyncio.run(launch(run, wait=True)), name=f"prefect-jobs-{run.id}"
+            target=_launch_in_thread, args=(run,), name=f"prefect-jobs-{run.id}"
         )
         _background.add(thread)
         thread.start()
@@ -71,6 +71,14 @@ async def launch(run: JobRun, *, wait: bool) -> JobRun:
         return await _launch(run)
     finally:
         _background.discard(threading.current_thread())
+
+
+def _launch_in_thread(run: JobRun) -> None:
+    """Thread target: the run records its own failure; here it is only logged."""
+    try:
+        asyncio.run(launch(run, wait=True))
+    except Exception as exc:
+        logger.error("job run %s could not be executed: %s", run.id, exc)
 
 
 async def _launch(run: JobRun) -> JobRun:

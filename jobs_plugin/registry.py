@@ -25,6 +25,8 @@ from jobs_plugin.models import Isolation, WorkflowCreate
 
 F = TypeVar("F", bound=Callable[..., Any])
 _ATTRIBUTE = "__prefect_jobs_workflow__"
+# Keyed by entrypoint: the same id declared again by a module loaded another way (a file
+# path) must not hide the importable declaration.
 _declared: dict[str, WorkflowCreate] = {}
 
 
@@ -102,7 +104,7 @@ def workflow(
             timeout_seconds=timeout_seconds,
         )
         setattr(flow_obj, _ATTRIBUTE, spec)
-        _declared[spec.id] = spec
+        _declared[spec.entrypoint] = spec
         return flow_obj
 
     return decorate(fn) if fn is not None else decorate

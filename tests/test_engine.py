@@ -70,14 +70,18 @@ def test_workflows_run_in_order_and_the_run_completes(catalog_url: str, tmp_path
     assert (run.parts, run.processed, run.progress) == (3, 3, 100)
     assert run.started_at is not None and run.finished_at is not None
     assert [s.status for s in run.workflow_runs] == [WorkflowRunStatus.COMPLETED] * 3
-    assert topics(run.id) == [
-        "job:waiting",
-        "job:started",
-        "job:updated",
-        "job:updated",
-        "job:updated",
-        "job:completed",
+    # One job:updated as each workflow starts (it becomes the current one) and one as it ends.
+    assert topics(run.id) == ["job:waiting", "job:started", *["job:updated"] * 6, "job:completed"]
+    updates = [e.payload for e in jp.list_events(run_id=run.id, topic="job:updated")]
+    assert [(u["workflow"]["position"], u["workflow"]["status"]) for u in updates] == [
+        (0, "RUNNING"),
+        (0, "COMPLETED"),
+        (1, "RUNNING"),
+        (1, "COMPLETED"),
+        (2, "RUNNING"),
+        (2, "COMPLETED"),
     ]
+    assert updates[2]["info"] == "running record (step 2)"
     assert_run_events_well_formed(run.id)
     assert jp.get_job(job.id).status is JobStatus.COMPLETED
 
