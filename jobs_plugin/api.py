@@ -266,12 +266,7 @@ def list_jobs(
         operation=operation,
         sort_direction=sort_direction,
     )
-    return Page[JobPublic](
-        items=[to_public(j) for j in page.items],
-        total=page.total,
-        page_number=page.page_number,
-        page_size=page.page_size,
-    )
+    return page.map(to_public)
 
 
 def update_job(
@@ -407,12 +402,7 @@ def list_runs(
         page_number=page_number,
         page_size=page_size,
     )
-    return Page[JobRunPublic](
-        items=[run_public(r) for r in page.items],
-        total=page.total,
-        page_number=page.page_number,
-        page_size=page.page_size,
-    )
+    return page.map(run_public)
 
 
 def list_workflow_runs(run_id: str, *, organization: str | None = None) -> list[WorkflowRunPublic]:

@@ -499,8 +499,17 @@ def observe_state(
 ) -> JobRun:
     """Apply a Prefect state of the run's flow run through the translation table.
 
-    Idempotent and monotonic: observing the same or an older state again changes nothing.
+    Idempotent and monotonic: observing the same or an older state again changes nothing
+    (and costs only a read).
     """
+    with read_session() as session:
+        current = session.get(JobRun, run_id)
+        if (
+            current is not None
+            and not translate(current.status, state_type, state_name).changed
+            and (prefect_flow_run_id is None or current.prefect_flow_run_id)
+        ):
+            return current
     with write_session() as session:
         run = _locked_run(session, run_id)
         if prefect_flow_run_id and not run.prefect_flow_run_id:

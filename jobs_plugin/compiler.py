@@ -87,7 +87,7 @@ def step_run_name(job_name: str, step: PlannedStep) -> str:
     return f"{job_name}/{step.position + 1:02d}-{step.workflow_id}"
 
 
-def build_step_flow(step: PlannedStep, job_name: str, ctx: context.RunContext) -> Flow[..., Any]:
+def build_step_flow(step: PlannedStep, ctx: context.RunContext) -> Flow[..., Any]:
     """The subflow of one step: the workflow's own function, given only its parameters and the
     read-only run context. Its result is dropped: nothing is handed to the next step."""
     entrypoint = step.entrypoint
@@ -111,21 +111,10 @@ def build_step_flow(step: PlannedStep, job_name: str, ctx: context.RunContext) -
     return Flow[..., Any](
         fn=run_workflow,
         name=flow_name(step.name),
-        flow_run_name=step_run_name(job_name, step),
         version=step.flow.version,
         retries=step.retries,
         retry_delay_seconds=step.retry_delay_seconds,
         timeout_seconds=step.timeout_seconds,
         validate_parameters=False,
         persist_result=False,
-        on_running=[_step_running(ctx.workflow_run_id)],
     )
-
-
-def _step_running(workflow_run_id: str) -> Any:
-    """A hook that records the step as RUNNING with its Prefect flow run id."""
-
-    def step_running(flow: Flow[..., Any], flow_run: FlowRun, state: State[Any]) -> None:
-        catalog.start_workflow_run(workflow_run_id, prefect_flow_run_id=str(flow_run.id))
-
-    return step_running

@@ -8,6 +8,7 @@ Python (``populate_by_name``).
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from datetime import datetime, timezone
 from enum import Enum
 from typing import Any, Generic, TypeVar
@@ -28,6 +29,7 @@ from sqlmodel import Field, SQLModel
 from jobs_plugin.translation import JobStatus, WorkflowRunStatus
 
 T = TypeVar("T")
+U = TypeVar("U")
 WORKFLOW_ID_PATTERN = re.compile(r"^[a-z0-9][a-z0-9_.\-]{0,99}$")
 
 
@@ -452,6 +454,15 @@ class Page(BaseModel, Generic[T]):
     total: int
     page_number: int
     page_size: int
+
+    def map(self, fn: Callable[[T], U]) -> Page[U]:
+        """The same page with every item converted (table rows to public schemas)."""
+        return Page[U](
+            items=[fn(item) for item in self.items],
+            total=self.total,
+            page_number=self.page_number,
+            page_size=self.page_size,
+        )
 
     @property
     def page_count(self) -> int:

@@ -7,8 +7,11 @@ Every problem is a ``ValidationError`` naming the field in its wire (camelCase) 
 
 from __future__ import annotations
 
+import copy
+import json
 import re
 from dataclasses import dataclass, field
+from functools import lru_cache
 from typing import Any
 
 from prefect import Flow
@@ -136,7 +139,7 @@ def _plan_step(position: int, step: StepSpec, workflow: Workflow, where: str) ->
     except ValidationError as exc:
         raise ValidationError(where, f"workflow {workflow.id!r}: {exc.message}") from exc
     try:
-        parameters = flow.validate_parameters(dict(step.parameters))
+        parameters = _validated(workflow.entrypoint, step.parameters)
     except Exception as exc:
         raise ValidationError(f"{where}.parameters", _first_line(exc)) from exc
     return PlannedStep(
@@ -157,6 +160,19 @@ def _plan_step(position: int, step: StepSpec, workflow: Workflow, where: str) ->
         else step.timeout_seconds,
         flow=flow,
     )
+
+
+def _validated(entrypoint: str, parameters: dict[str, Any]) -> dict[str, Any]:
+    """Prefect's validation of a step's parameters, cached: a job runs the same steps again
+    and again. A deep copy goes out so that a workflow cannot change the cached values."""
+    key = json.dumps(parameters, sort_keys=True, default=str)
+    return copy.deepcopy(_validate_cached(entrypoint, key))
+
+
+@lru_cache(maxsize=1024)
+def _validate_cached(entrypoint: str, parameters_json: str) -> dict[str, Any]:
+    flow = registry.load_flow(entrypoint)
+    return flow.validate_parameters(json.loads(parameters_json))
 
 
 def _first_line(exc: Exception) -> str:

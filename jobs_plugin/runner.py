@@ -9,16 +9,20 @@ stops it before the next step or interrupts the running one.
 
 from __future__ import annotations
 
+import asyncio
 import os
+from collections.abc import Callable
+from functools import partial
 from typing import Any
 
+import anyio.to_thread
 from prefect import State, tags
 from prefect.client.schemas.objects import StateType
 from prefect.context import FlowRunContext
 from prefect.states import Cancelled, Completed, Failed
 
 from jobs_plugin import catalog, compiler, context, isolation
-from jobs_plugin.models import Isolation, JobRun
+from jobs_plugin.models import JobRun
 from jobs_plugin.planner import PlannedStep
 from jobs_plugin.settings import get_settings
 from jobs_plugin.translation import WorkflowRunStatus, workflow_status_for_state
@@ -39,22 +43,55 @@ def plan_rows(steps: list[PlannedStep]) -> list[dict[str, Any]]:
 async def run_plan(
     snapshot: dict[str, Any], steps: list[PlannedStep], run_id: str | None
 ) -> State[Any]:
-    flow_run_ctx = FlowRunContext.get()
-    prefect_id = str(flow_run_ctx.flow_run.id) if flow_run_ctx and flow_run_ctx.flow_run else None
     if run_id is None:  # the compiled flow was called directly: record the run ourselves
+        flow_run_ctx = FlowRunContext.get()
+        flow_run = flow_run_ctx.flow_run if flow_run_ctx else None
         run = catalog.create_run(
             snapshot["id"], snapshot["organization_id"], version=snapshot["version"]
         )
         catalog.set_plan(run.id, plan_rows(steps))
-        run_id = run.id
-    run = catalog.observe_state(
-        run_id, StateType.RUNNING, "Running", prefect_flow_run_id=prefect_id
-    )
-    with tags(*compiler.job_tags(snapshot, run_id)):
-        return await _run_steps(snapshot, steps, run)
+        run = catalog.observe_state(
+            run.id,
+            StateType.RUNNING,
+            "Running",
+            prefect_flow_run_id=str(flow_run.id) if flow_run else None,
+        )
+    else:  # the flow's on_running hook has recorded EXECUTING already
+        run = catalog.get_run(run_id)
+    writes = SerialWrites()
+    try:
+        with tags(*compiler.job_tags(snapshot, run.id)):
+            return await _run_steps(snapshot, steps, run, writes)
+    finally:
+        await writes.drain()
 
 
-async def _run_steps(snapshot: dict[str, Any], steps: list[PlannedStep], run: JobRun) -> State[Any]:
+class SerialWrites:
+    """Catalog writes done in order on a worker thread, off the event loop, so they overlap
+    with the Prefect API calls of the next step instead of adding to them. ``drain`` waits for
+    all of them (and raises the first error) before the run's final state is reported."""
+
+    def __init__(self) -> None:
+        self._last: asyncio.Future[Any] | None = None
+
+    def submit(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> None:
+        previous = self._last
+
+        async def write() -> Any:
+            if previous is not None:
+                await previous
+            return await anyio.to_thread.run_sync(partial(fn, *args, **kwargs))
+
+        self._last = asyncio.ensure_future(write())
+
+    async def drain(self) -> None:
+        if self._last is not None:
+            await self._last
+
+
+async def _run_steps(
+    snapshot: dict[str, Any], steps: list[PlannedStep], run: JobRun, writes: SerialWrites
+) -> State[Any]:
     settings = get_settings()
     records = {r.position: r for r in catalog.list_workflow_runs(run.id)}
     env, cwd = dict(os.environ), os.getcwd()
@@ -68,7 +105,7 @@ async def _run_steps(snapshot: dict[str, Any], steps: list[PlannedStep], run: Jo
         if record.status is WorkflowRunStatus.COMPLETED:
             continue  # carried over from an earlier attempt
         if cancel_requested():
-            catalog.mark_not_run(run.id, step.position)
+            writes.submit(catalog.mark_not_run, run.id, step.position)
             return Cancelled(message=f"canceled before step {step.position + 1} of {total}")
         ctx = context.RunContext(
             job_id=snapshot["id"],
@@ -80,46 +117,44 @@ async def _run_steps(snapshot: dict[str, Any], steps: list[PlannedStep], run: Jo
             workflow_run_id=record.id,
             position=step.position,
         )
-        step_flow = compiler.build_step_flow(step, snapshot["name"], ctx)
+        step_flow = compiler.build_step_flow(step, ctx)
         where = f"workflow {step.workflow_id!r} (step {step.position + 1} of {total})"
         try:
             with tags(f"workflow:{step.workflow_id}"):
+                flow_run = await isolation.create_subflow_run(
+                    step_flow, step.parameters, compiler.step_run_name(snapshot["name"], step)
+                )
+                writes.submit(
+                    catalog.start_workflow_run, record.id, prefect_flow_run_id=str(flow_run.id)
+                )
                 outcome = await isolation.run_step(
                     step.isolation,
                     step_flow,
+                    flow_run,
                     step.parameters,
                     cancel_requested=cancel_requested,
                     poll_seconds=settings.cancel_poll_seconds,
                 )
         finally:
             _restore(env, cwd)
-        if outcome.canceled:
-            catalog.finish_workflow_run(
-                record.id,
-                WorkflowRunStatus.CANCELED,
-                error="canceled",
-                prefect_flow_run_id=outcome.prefect_flow_run_id,
-            )
-            interrupted = catalog.get_workflow_run(record.id).prefect_flow_run_id
-            if interrupted and step.isolation is Isolation.INLINE:
-                await isolation.mark_cancelled(interrupted, f"canceled during {where}")
-            catalog.mark_not_run(run.id, step.position + 1)
-            return Cancelled(message=f"canceled during {where}")
         state = outcome.state
-        status = (
-            workflow_status_for_state(state.type, state.name)
-            if state is not None
-            else WorkflowRunStatus.FAILED
-        )
+        if outcome.canceled:
+            status = WorkflowRunStatus.CANCELED
+        elif state is None:
+            status = WorkflowRunStatus.FAILED
+        else:
+            status = workflow_status_for_state(state.type, state.name)
         message = (state.message if state is not None else None) or status.value.lower()
-        catalog.finish_workflow_run(
+        writes.submit(
+            catalog.finish_workflow_run,
             record.id,
             status,
             error=None if status is WorkflowRunStatus.COMPLETED else message,
-            prefect_flow_run_id=outcome.prefect_flow_run_id,
         )
         if status is not WorkflowRunStatus.COMPLETED:
-            catalog.mark_not_run(run.id, step.position + 1)
+            writes.submit(catalog.mark_not_run, run.id, step.position + 1)
+            if outcome.canceled:
+                return Cancelled(message=f"canceled during {where}")
             if status is WorkflowRunStatus.CANCELED:
                 return Cancelled(message=f"{where} was canceled: {message}")
             return Failed(message=f"{where} failed: {message}")

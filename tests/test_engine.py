@@ -58,7 +58,7 @@ def wait_for(predicate: Any, timeout: float = 60.0) -> None:
 # --------------------------------------------------------------------------- success
 
 
-def test_workflows_run_in_order_and_the_run_completes(catalog_url: str, tmp_path: Path) -> None:
+def test_workflows_run_in_order_and_the_run_completes(any_catalog_url: str, tmp_path: Path) -> None:
     out = tmp_path / "order.jsonl"
     job = make_job(*(step("test.record", path=str(out), label=str(i)) for i in range(3)))
     run = jp.execute(job.id)
@@ -147,7 +147,7 @@ def test_immediate_trigger_executes_on_create(catalog_url: str, tmp_path: Path) 
 
 
 def test_a_failure_halts_the_run_and_later_workflows_are_not_run(
-    catalog_url: str, tmp_path: Path
+    any_catalog_url: str, tmp_path: Path
 ) -> None:
     out = tmp_path / "fail.jsonl"
     job = make_job(
@@ -225,7 +225,7 @@ def test_planning_failure_ends_the_run_failed(catalog_url: str) -> None:
 # --------------------------------------------------------------------------- retry
 
 
-def test_retry_resumes_at_the_failed_workflow(catalog_url: str, tmp_path: Path) -> None:
+def test_retry_resumes_at_the_failed_workflow(any_catalog_url: str, tmp_path: Path) -> None:
     out = tmp_path / "retry.jsonl"
     gate = tmp_path / "gate"
     job = make_job(
