@@ -228,6 +228,17 @@ def _validate(spec: JobCreate | JobUpdate | Job, org_id: str) -> None:
     )
 
 
+def _status(status: JobStatus | str | None) -> JobStatus | None:
+    """A status filter in either case (`failed`, as Flatfile spells it, or `FAILED`)."""
+    if status is None or isinstance(status, JobStatus):
+        return status
+    try:
+        return JobStatus(status.upper())
+    except ValueError as exc:
+        choices = ", ".join(s.value for s in JobStatus)
+        raise ValidationError("status", f"must be one of {choices}") from exc
+
+
 def get_job(job_id: str, *, organization: str | None = None) -> JobPublic:
     return to_public(catalog.get_job(job_id, organization_id(organization)))
 
@@ -249,13 +260,7 @@ def list_jobs(
         raise ValidationError("pageSize", "must be between 1 and 1000")
     if sort_direction not in ("asc", "desc"):
         raise ValidationError("sortDirection", "must be 'asc' or 'desc'")
-    try:
-        wanted = (
-            JobStatus(status.upper() if isinstance(status, str) else status) if status else None
-        )
-    except ValueError as exc:
-        choices = ", ".join(s.value for s in JobStatus)
-        raise ValidationError("status", f"must be one of {choices}") from exc
+    wanted = _status(status)
     page = catalog.list_jobs(
         organization_id(organization),
         page_number=page_number,
@@ -398,7 +403,7 @@ def list_runs(
     page = catalog.list_runs(
         org_id,
         job_id=job_id,
-        status=JobStatus(status) if status else None,
+        status=_status(status),
         page_number=page_number,
         page_size=page_size,
     )

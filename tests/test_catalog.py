@@ -736,3 +736,13 @@ def test_migrating_twice_is_harmless(any_catalog_url: str) -> None:
     assert catalog_db.url == any_catalog_url
     assert jp.get_job(job.id).name == "survivor"
     assert {w.id for w in jp.list_workflows()} >= {"test.noop", "test.record"}
+
+
+def test_status_filters_accept_either_case_and_refuse_unknown_values(catalog_url: str) -> None:
+    job = jp.create_job(name="filter", job_config_json={"workflowExecutionOrder": ["test.noop"]})
+    assert [j.id for j in jp.list_jobs(status="ready").items] == [job.id]
+    assert jp.list_runs(status="failed").total == 0
+    for call in (lambda: jp.list_jobs(status="done"), lambda: jp.list_runs(status="done")):
+        with pytest.raises(jp.ValidationError) as caught:
+            call()
+        assert caught.value.field == "status"
