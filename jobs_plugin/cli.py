@@ -1091,3 +1091,20 @@ def demo(
     if final.prefect_flow_run_id:
         typer.echo(f"prefect flow run: {final.prefect_flow_run_id}")
     _exit_for(final)
+
+
+@app.command("api")
+def api_server(
+    host: Annotated[str, typer.Option("--host", help="Interface to listen on.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option("--port", help="Port to listen on.")] = 8080,
+) -> None:
+    """Serve the REST API under /v1 with uvicorn until interrupted.
+
+    No authentication yet: every request acts for the default organization. Runs started
+    over the API execute in background threads of this process.
+    """
+    import uvicorn
+
+    from jobs_plugin.rest import create_app
+
+    uvicorn.run(create_app(), host=host, port=port)

@@ -1,0 +1,21 @@
+"""The FastAPI application."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, FastAPI
+
+from jobs_plugin.rest import errors
+from jobs_plugin.rest.routes import events, jobs, runs, workflows
+
+
+def create_app() -> FastAPI:
+    """The REST API, every route under ``/v1``."""
+    app = FastAPI(
+        title="prefect-jobs", version="1", docs_url="/v1/docs", openapi_url="/v1/openapi.json"
+    )
+    v1 = APIRouter(prefix="/v1")
+    for module in (jobs, runs, events, workflows):
+        v1.include_router(module.router)
+    app.include_router(v1)
+    errors.install(app)
+    return app

@@ -1,0 +1,226 @@
+"""The REST API end to end: a real uvicorn server on a loopback port, driven with httpx."""
+
+from __future__ import annotations
+
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+import uvicorn
+
+from jobs_plugin.rest import create_app
+
+TERMINAL = {"COMPLETED", "FAILED", "CANCELED"}
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+@pytest.fixture
+def client(catalog_url: str) -> Iterator[httpx.Client]:
+    """An httpx client on ``/v1`` of a server running in a thread, over the test's catalog."""
+    port = _free_port()
+    config = uvicorn.Config(create_app(), host="127.0.0.1", port=port, log_level="warning")
+    server = uvicorn.Server(config)
+    thread = threading.Thread(target=server.run, name="test-api-server", daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 30
+    while not server.started:
+        assert thread.is_alive(), "the API server did not start"
+        assert time.monotonic() < deadline, "the API server did not start in 30 s"
+        time.sleep(0.05)
+    with httpx.Client(base_url=f"http://127.0.0.1:{port}/v1", timeout=30) as http:
+        yield http
+    server.should_exit = True
+    thread.join(timeout=30)
+
+
+def _job_body(name: str = "nightly", *steps: str) -> dict[str, Any]:
+    return {
+        "name": name,
+        "sourceProvider": "pos",
+        "jobConfigJson": {"workflowExecutionOrder": list(steps) or ["test.noop"]},
+    }
+
+
+def _wait_for_run(client: httpx.Client, run_id: str, timeout: float = 90) -> dict[str, Any]:
+    deadline = time.monotonic() + timeout
+    while True:
+        response = client.get(f"/runs/{run_id}")
+        assert response.status_code == 200, response.text
+        run: dict[str, Any] = response.json()["data"]
+        if run["status"] in TERMINAL:
+            return run
+        assert time.monotonic() < deadline, f"run still {run['status']} after {timeout} s"
+        time.sleep(0.2)
+
+
+def test_job_lifecycle_over_http(client: httpx.Client) -> None:
+    created = client.post("/jobs", json=_job_body("nightly", "test.noop", "test.noop"))
+    assert created.status_code == 201, created.text
+    job = created.json()["data"]
+    job_id = job["id"]
+    assert job["name"] == "nightly"
+    assert job["sourceProvider"] == "pos"
+    assert job["status"] == "READY"
+    assert job["version"] == 1
+    assert job["jobConfigJson"] == {"workflowExecutionOrder": ["test.noop", "test.noop"]}
+    assert job["progress"] is None and job["startedAt"] is None
+
+    fetched = client.get(f"/jobs/{job_id}")
+    assert fetched.status_code == 200
+    assert fetched.json()["data"]["id"] == job_id
+
+    client.post("/jobs", json={**_job_body("other"), "sourceProvider": "crm"})
+    listed = client.get("/jobs", params={"pageSize": 1, "pageNumber": 1, "sortDirection": "asc"})
+    assert listed.status_code == 200, listed.text
+    body = listed.json()
+    assert [j["id"] for j in body["data"]] == [job_id]
+    assert body["pagination"] == {"currentPage": 1, "pageCount": 2, "totalCount": 2}
+    filtered = client.get("/jobs", params={"sourceProvider": "pos"}).json()
+    assert [j["id"] for j in filtered["data"]] == [job_id]
+
+    patched = client.patch(f"/jobs/{job_id}", json={"name": "nightly v2"})
+    assert patched.status_code == 200, patched.text
+    assert patched.json()["data"]["name"] == "nightly v2"
+    assert patched.json()["data"]["version"] == 2
+
+    executed = client.post(f"/jobs/{job_id}/execute")
+    assert executed.status_code == 200, executed.text
+    assert executed.json() == {"data": {"success": True}}
+    run_id = executed.headers["X-Run-Id"]
+    run = _wait_for_run(client, run_id)
+    assert run["status"] == "COMPLETED", run
+    assert run["jobId"] == job_id
+    assert [w["workflowId"] for w in run["workflowRuns"]] == ["test.noop", "test.noop"]
+    assert all(w["status"] == "COMPLETED" for w in run["workflowRuns"])
+
+    after = client.get(f"/jobs/{job_id}").json()["data"]
+    assert after["status"] == "COMPLETED"
+    assert after["lastRunId"] == run_id
+    assert after["progress"] == 100
+    assert after["startedAt"] is not None and after["finishedAt"] is not None
+
+    runs = client.get(f"/jobs/{job_id}/runs").json()
+    assert [r["id"] for r in runs["data"]] == [run_id]
+    assert runs["pagination"]["totalCount"] == 1
+
+    events = client.get("/events", params={"runId": run_id}).json()["data"]
+    topics = [e["topic"] for e in events]
+    assert topics[0] == "job:waiting", topics
+    assert topics[1] == "job:started", topics
+    assert topics[-1] == "job:completed", topics
+    assert set(topics[2:-1]) == {"job:updated"}, topics
+    cursors = [e["cursor"] for e in events]
+    assert cursors == sorted(cursors)
+    resumed = client.get("/events", params={"runId": run_id, "after": cursors[1]}).json()["data"]
+    assert [e["cursor"] for e in resumed] == cursors[2:]
+
+    deleted = client.delete(f"/jobs/{job_id}")
+    assert deleted.status_code == 200
+    assert deleted.json() == {"data": {"success": True}}
+    gone = client.get(f"/jobs/{job_id}")
+    assert gone.status_code == 404
+    assert gone.json()["errors"][0]["message"]
+
+
+def test_unknown_workflow_is_422_naming_the_step(client: httpx.Client) -> None:
+    response = client.post("/jobs", json=_job_body("bad", "test.noop", "no.such.workflow"))
+    assert response.status_code == 422
+    assert response.json()["errors"][0]["key"] == "jobConfigJson.workflowExecutionOrder[1]"
+    response = client.post("/jobs", json=_job_body("bad", "no.such.workflow"))
+    assert response.json()["errors"][0]["key"] == "jobConfigJson.workflowExecutionOrder[0]"
+    assert client.get("/jobs").json()["pagination"]["totalCount"] == 0
+
+
+def test_malformed_bodies_are_422(client: httpx.Client) -> None:
+    missing_name = client.post("/jobs", json={"jobConfigJson": {"workflowExecutionOrder": []}})
+    assert missing_name.status_code == 422
+    assert missing_name.json()["errors"][0]["key"] == "name"
+    not_json = client.post(
+        "/jobs", content=b"{not json", headers={"Content-Type": "application/json"}
+    )
+    assert not_json.status_code == 422
+    assert not_json.json()["errors"][0]["key"] == "body"
+    bad_page = client.get("/jobs", params={"pageSize": 0})
+    assert bad_page.status_code == 422
+    assert bad_page.json()["errors"][0]["key"] == "pageSize"
+    bad_status = client.get("/jobs", params={"status": "sleeping"})
+    assert bad_status.status_code == 422
+    assert bad_status.json()["errors"][0]["key"] == "status"
+
+
+def test_unknown_ids_are_404(client: httpx.Client) -> None:
+    for path in ("/jobs/nope", "/runs/nope", "/workflows/nope", "/jobs/nope/runs"):
+        response = client.get(path)
+        assert response.status_code == 404, path
+        assert "nope" in response.json()["errors"][0]["message"]
+    assert client.patch("/jobs/nope", json={"name": "x"}).status_code == 404
+    assert client.delete("/jobs/nope").status_code == 404
+    assert client.post("/jobs/nope/execute").status_code == 404
+
+
+def test_cancel_and_retry_without_a_live_run_are_409(client: httpx.Client) -> None:
+    job_id = client.post("/jobs", json=_job_body()).json()["data"]["id"]
+    never_ran = client.post(f"/jobs/{job_id}/cancel")
+    assert never_ran.status_code == 409
+    assert never_ran.json()["errors"][0]["message"]
+
+    run_id = client.post(f"/jobs/{job_id}/execute").headers["X-Run-Id"]
+    assert _wait_for_run(client, run_id)["status"] == "COMPLETED"
+    assert client.post(f"/jobs/{job_id}/cancel").status_code == 409
+    assert client.post(f"/jobs/{job_id}/retry").status_code == 409
+
+
+def test_failed_run_is_retried(client: httpx.Client) -> None:
+    job_id = client.post("/jobs", json=_job_body("fails", "test.fail")).json()["data"]["id"]
+    run_id = client.post(f"/jobs/{job_id}/execute").headers["X-Run-Id"]
+    assert _wait_for_run(client, run_id)["status"] == "FAILED"
+    retried = client.post(f"/jobs/{job_id}/retry")
+    assert retried.status_code == 200, retried.text
+    assert retried.json()["data"]["id"] == job_id
+    second = retried.headers["X-Run-Id"]
+    assert second != run_id
+    assert _wait_for_run(client, second)["status"] == "FAILED"
+
+
+def test_workflows_are_listed(client: httpx.Client) -> None:
+    body = client.get("/workflows").json()
+    ids = {w["id"] for w in body["data"]}
+    assert {"test.noop", "test.fail"} <= ids
+    assert body["pagination"]["totalCount"] == len(body["data"])
+    one = client.get("/workflows/test.noop").json()["data"]
+    assert one["id"] == "test.noop"
+    assert "entrypoint" in one
+
+
+def test_cli_api_command_serves_the_api(catalog_url: str) -> None:
+    port = _free_port()
+    command = [str(Path(sys.executable).parent / "prefect-jobs"), "api", "--port", str(port)]
+    server = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            assert server.poll() is None, server.stderr.read() if server.stderr else ""
+            try:
+                response = httpx.get(f"http://127.0.0.1:{port}/v1/workflows", timeout=5)
+                break
+            except httpx.TransportError:
+                assert time.monotonic() < deadline, "prefect-jobs api did not answer in 60 s"
+                time.sleep(0.2)
+        assert response.status_code == 200
+        assert "test.noop" in {w["id"] for w in response.json()["data"]}
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
