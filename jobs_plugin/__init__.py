@@ -10,12 +10,14 @@ from jobs_plugin.api import (
     aretry,
     cancel,
     compile_job,
+    create_api_key,
     create_job,
     delete_job,
     execute,
     get_job,
     get_run,
     get_workflow,
+    list_api_keys,
     list_events,
     list_jobs,
     list_runs,
@@ -26,11 +28,14 @@ from jobs_plugin.api import (
     register_module,
     register_workflow,
     retry,
+    revoke_api_key,
     subscribe,
     update_job,
 )
 from jobs_plugin.context import RunContext, current_run_context, get_run_context
 from jobs_plugin.errors import (
+    ApiKeyNotFound,
+    AuthenticationError,
     ConflictError,
     EventNotFound,
     ExecutionError,
@@ -45,6 +50,7 @@ from jobs_plugin.errors import (
 )
 from jobs_plugin.events import Subscription
 from jobs_plugin.models import (
+    ApiKeyPublic,
     EventPublic,
     Isolation,
     JobConfigJson,
@@ -67,6 +73,9 @@ from jobs_plugin.translation import JobStatus, Topic, WorkflowRunStatus
 __version__ = "0.1.0"
 
 __all__ = [
+    "ApiKeyNotFound",
+    "ApiKeyPublic",
+    "AuthenticationError",
     "ConflictError",
     "EventNotFound",
     "EventPublic",
@@ -103,6 +112,7 @@ __all__ = [
     "aretry",
     "cancel",
     "compile_job",
+    "create_api_key",
     "create_job",
     "current_run_context",
     "delete_job",
@@ -112,6 +122,7 @@ __all__ = [
     "get_run_context",
     "get_settings",
     "get_workflow",
+    "list_api_keys",
     "list_events",
     "list_jobs",
     "list_runs",
@@ -122,6 +133,7 @@ __all__ = [
     "register_module",
     "register_workflow",
     "retry",
+    "revoke_api_key",
     "subscribe",
     "update_job",
     "workflow",

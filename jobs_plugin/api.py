@@ -19,6 +19,7 @@ from jobs_plugin import catalog, compiler, engine, planner, registry
 from jobs_plugin.errors import ValidationError
 from jobs_plugin.events import Subscription
 from jobs_plugin.models import (
+    ApiKeyPublic,
     EventPublic,
     Isolation,
     Job,
@@ -460,3 +461,34 @@ def subscribe(
         topics=topics,
         after=None if from_start else catalog.latest_cursor(),
     )
+
+
+# --------------------------------------------------------------------------- API keys
+
+
+def create_api_key(
+    organization: str | None = None, name: str | None = None
+) -> tuple[ApiKeyPublic, str]:
+    """A new API key of the organization and its secret, which is returned this once only."""
+    key, secret = catalog.create_api_key(organization_id(organization), name)
+    return ApiKeyPublic.model_validate(key), secret
+
+
+def list_api_keys(*, organization: str | None = None) -> list[ApiKeyPublic]:
+    """The organization's API keys, revoked ones included (never their secrets)."""
+    return [
+        ApiKeyPublic.model_validate(k) for k in catalog.list_api_keys(organization_id(organization))
+    ]
+
+
+def revoke_api_key(key_id: str, *, organization: str | None = None) -> ApiKeyPublic:
+    """Revoke one of the organization's API keys; it stops authenticating at once."""
+    return ApiKeyPublic.model_validate(
+        catalog.revoke_api_key(key_id, organization_id(organization))
+    )
+
+
+def organization_for_key(secret: str) -> str:
+    """The name of the organization an active API key belongs to (``AuthenticationError``
+    otherwise)."""
+    return catalog.organization_for_key(secret).name

@@ -7,6 +7,8 @@ a status without its event or an event without its status.
 
 from __future__ import annotations
 
+import hashlib
+import secrets
 from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
@@ -18,6 +20,8 @@ from sqlmodel.sql.expression import SelectOfScalar
 from jobs_plugin import ids
 from jobs_plugin.db import read_session, write_session
 from jobs_plugin.errors import (
+    ApiKeyNotFound,
+    AuthenticationError,
     EventNotFound,
     InvalidTransition,
     JobNotFound,
@@ -26,6 +30,7 @@ from jobs_plugin.errors import (
     WorkflowNotFound,
 )
 from jobs_plugin.models import (
+    ApiKey,
     Event,
     Job,
     JobCreate,
@@ -796,3 +801,64 @@ def get_event(event_id: str, organization_id: str) -> Event:
 def latest_cursor() -> int:
     with read_session() as session:
         return int(session.exec(select(func.max(Event.cursor))).one() or 0)
+
+
+# --------------------------------------------------------------------------- API keys
+
+API_KEY_PREFIX = "pj_"
+
+
+def hash_key(secret: str) -> str:
+    """sha256 hex of a secret. Secrets are 32 random bytes, so a fast hash is enough."""
+    return hashlib.sha256(secret.encode()).hexdigest()
+
+
+def create_api_key(organization_id: str, name: str | None = None) -> tuple[ApiKey, str]:
+    """A new key of the organization and its secret; the secret is not kept and not shown again."""
+    secret = API_KEY_PREFIX + secrets.token_urlsafe(32)
+    with write_session() as session:
+        key = ApiKey(
+            id=ids.new_id(ids.API_KEY),
+            organization_id=organization_id,
+            name=name,
+            prefix=secret[:8],
+            key_hash=hash_key(secret),
+        )
+        session.add(key)
+    return key, secret
+
+
+def organization_for_key(secret: str) -> Organization:
+    """The organization of an active key; ``AuthenticationError`` for an unknown or revoked one."""
+    with read_session() as session:
+        found = session.exec(
+            select(Organization)
+            .join(ApiKey, col(ApiKey.organization_id) == col(Organization.id))
+            .where(ApiKey.key_hash == hash_key(secret), col(ApiKey.revoked_at).is_(None))
+        ).first()
+    if found is None:
+        raise AuthenticationError("invalid or revoked API key")
+    return found
+
+
+def list_api_keys(organization_id: str) -> list[ApiKey]:
+    with read_session() as session:
+        return list(
+            session.exec(
+                select(ApiKey)
+                .where(ApiKey.organization_id == organization_id)
+                .order_by(col(ApiKey.created_at), col(ApiKey.id))
+            ).all()
+        )
+
+
+def revoke_api_key(key_id: str, organization_id: str) -> ApiKey:
+    """Revoke a key of the organization (idempotent); ``ApiKeyNotFound`` for anyone else's."""
+    with write_session() as session:
+        key = session.get(ApiKey, key_id)
+        if key is None or key.organization_id != organization_id:
+            raise ApiKeyNotFound(key_id)
+        if key.revoked_at is None:
+            key.revoked_at = utcnow()
+            session.add(key)
+        return key

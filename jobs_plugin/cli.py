@@ -1095,16 +1095,75 @@ def demo(
 
 @app.command("api")
 def api_server(
+    ctx: typer.Context,
     host: Annotated[str, typer.Option("--host", help="Interface to listen on.")] = "127.0.0.1",
     port: Annotated[int, typer.Option("--port", help="Port to listen on.")] = 8080,
 ) -> None:
     """Serve the REST API under /v1 with uvicorn until interrupted.
 
-    No authentication yet: every request acts for the default organization. Runs started
-    over the API execute in background threads of this process.
+    Every request needs "Authorization: Bearer <key>" and acts for the key's organization.
+    On the first start the organization gets a first key, printed once. Runs started over the
+    API execute in background threads of this process.
     """
     import uvicorn
 
     from jobs_plugin.rest import create_app
 
+    _first_api_key(_org(ctx) or get_settings().default_organization)
     uvicorn.run(create_app(), host=host, port=port)
+
+
+# --------------------------------------------------------------------------- API keys
+
+keys_app = typer.Typer(no_args_is_help=True, help="API keys of the REST API.")
+app.add_typer(keys_app, name="keys")
+OrgOption = Annotated[
+    str | None,
+    typer.Option(
+        "--org", metavar="NAME", help="Organization (default: --organization, or the default)."
+    ),
+]
+
+
+def _first_api_key(organization: str) -> None:
+    """Give ``organization`` a first API key if it has none, printing it this once."""
+    if jp.list_api_keys(organization=organization):
+        return
+    _, secret = jp.create_api_key(organization, name="first key")
+    typer.echo(
+        f"first API key for organization {organization!r}: {secret} "
+        "(shown once; create more with prefect-jobs keys create)"
+    )
+
+
+@keys_app.command("create")
+def keys_create(
+    ctx: typer.Context,
+    org: OrgOption = None,
+    name: Annotated[
+        str | None, typer.Option("--name", metavar="LABEL", help="A label for the key.")
+    ] = None,
+) -> None:
+    """Create an API key; prints the key, which is not shown again."""
+    key, secret = jp.create_api_key(org or _org(ctx), name=name)
+    typer.echo(secret)
+    typer.echo(f"{key.id}: store this key now, it will not be shown again", err=True)
+
+
+@keys_app.command("list")
+def keys_list(ctx: typer.Context, org: OrgOption = None, as_json: JsonFlag = False) -> None:
+    """The organization's API keys (their prefixes, never the keys)."""
+    keys = jp.list_api_keys(organization=org or _org(ctx))
+    rows = [(k.id, k.prefix, k.name, k.created_at, k.revoked_at) for k in keys]
+    _show(as_json, keys, _table("id,prefix,name,created,revoked", rows))
+
+
+@keys_app.command("revoke")
+def keys_revoke(
+    ctx: typer.Context,
+    key_id: Annotated[str, typer.Argument(metavar="KEY_ID", help="Id of the API key.")],
+    org: OrgOption = None,
+) -> None:
+    """Revoke an API key; requests with it answer 401 from now on."""
+    key = jp.revoke_api_key(key_id, organization=org or _org(ctx))
+    typer.echo(f"{key.id} revoked")

@@ -5,12 +5,14 @@
     │   ├── JobNotFound
     │   ├── RunNotFound
     │   ├── WorkflowNotFound
-    │   └── EventNotFound
+    │   ├── EventNotFound
+    │   └── ApiKeyNotFound
     ├── ValidationError          bad input; names the field; nothing was written
     ├── ConflictError            the object is in a state that forbids the operation
     │   ├── InvalidTransition
     │   └── VersionConflict
-    └── ExecutionError           the engine could not start or follow a run
+    ├── ExecutionError           the engine could not start or follow a run
+    └── AuthenticationError      a missing, unknown or revoked API key
 
 The REST layer maps each class to one HTTP status in one table.
 """
@@ -46,6 +48,10 @@ class EventNotFound(NotFoundError):
     kind = "event"
 
 
+class ApiKeyNotFound(NotFoundError):
+    kind = "API key"
+
+
 class ValidationError(JobsError):
     """Bad input. ``field`` is the dotted path of the offending field, spelled as on the wire."""
 
@@ -69,3 +75,7 @@ class VersionConflict(ConflictError):
 
 class ExecutionError(JobsError):
     pass
+
+
+class AuthenticationError(JobsError):
+    """A missing, unknown or revoked API key."""

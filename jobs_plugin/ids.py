@@ -12,6 +12,7 @@ JOB = "us_jb"
 RUN = "us_jr"
 WORKFLOW_RUN = "us_wr"
 EVENT = "us_evt"
+API_KEY = "us_key"
 
 
 def new_id(prefix: str) -> str:

@@ -467,3 +467,34 @@ class Page(BaseModel, Generic[T]):
     @property
     def page_count(self) -> int:
         return max(1, -(-self.total // self.page_size)) if self.page_size else 1
+
+
+# --------------------------------------------------------------------------- API keys
+
+
+class ApiKeyBase(SQLModel):
+    name: str | None = Field(default=None, max_length=200)
+    prefix: str = Field(max_length=16, description="The secret's first 8 characters.")
+
+
+class ApiKey(ApiKeyBase, table=True):
+    """An API key. Only the sha256 of the secret is kept: secrets are 32 random bytes from
+    ``secrets.token_urlsafe``, far beyond brute force, so a fast unsalted hash suffices (a slow
+    password hash would only slow down every request)."""
+
+    __tablename__ = "api_key"
+    id: str = Field(primary_key=True, max_length=40)
+    organization_id: str = Field(foreign_key="organization.id", index=True, max_length=40)
+    key_hash: str = Field(max_length=64, unique=True, index=True)
+    created_at: datetime = _ts()
+    last_used_at: datetime | None = _ts(nullable=True)
+    revoked_at: datetime | None = _ts(nullable=True)
+
+
+class ApiKeyPublic(ApiKeyBase):
+    model_config = API_CONFIG
+    id: str
+    organization_id: str
+    created_at: datetime
+    last_used_at: datetime | None
+    revoked_at: datetime | None

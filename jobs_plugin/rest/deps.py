@@ -5,17 +5,27 @@ from __future__ import annotations
 from typing import Annotated
 
 from fastapi import Depends, Path, Query
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
-from jobs_plugin.settings import get_settings
+from jobs_plugin import api
+from jobs_plugin.errors import AuthenticationError
+
+_bearer = HTTPBearer(
+    auto_error=False,
+    bearerFormat="pj_...",
+    description="An API key: `prefect-jobs keys create --org NAME`.",
+)
 
 
-def get_organization() -> str:
-    """The organization a request acts for.
-
-    For now every request acts for the settings' ``default_organization``; no authentication.
-    This is the one place that will resolve it from the ``Authorization: Bearer`` key.
+def get_organization(
+    credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
+) -> str:
+    """The name of the organization a request acts for: the one its ``Authorization: Bearer``
+    API key belongs to. A missing, unknown or revoked key is an ``AuthenticationError`` (401).
     """
-    return get_settings().default_organization
+    if credentials is None:
+        raise AuthenticationError("missing API key: send 'Authorization: Bearer <key>'")
+    return api.organization_for_key(credentials.credentials)
 
 
 OrganizationDep = Annotated[str, Depends(get_organization)]

@@ -15,6 +15,7 @@ from fastapi.responses import JSONResponse
 from pydantic.alias_generators import to_camel
 
 from jobs_plugin.errors import (
+    AuthenticationError,
     ConflictError,
     ExecutionError,
     JobsError,
@@ -23,6 +24,7 @@ from jobs_plugin.errors import (
 )
 
 STATUS_CODES: dict[type[JobsError], int] = {
+    AuthenticationError: 401,
     ValidationError: 422,
     NotFoundError: 404,
     ConflictError: 409,  # InvalidTransition, VersionConflict
@@ -62,7 +64,9 @@ async def _jobs_error(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, JobsError)
     if isinstance(exc, ValidationError):
         return JSONResponse(error_body(exc.message, exc.field), status_code=status_code_of(exc))
-    return JSONResponse(error_body(str(exc)), status_code=status_code_of(exc))
+    status = status_code_of(exc)
+    headers = {"WWW-Authenticate": "Bearer"} if status == 401 else None
+    return JSONResponse(error_body(str(exc)), status_code=status, headers=headers)
 
 
 async def _request_validation_error(request: Request, exc: Exception) -> JSONResponse:

@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import socket
 import subprocess
 import sys
-import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -13,37 +11,19 @@ from typing import Any
 
 import httpx
 import pytest
-import uvicorn
 
-from jobs_plugin.rest import create_app
+import jobs_plugin as jp
+from tests.api.conftest import api_client, free_port
 
 TERMINAL = {"COMPLETED", "FAILED", "CANCELED"}
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
 @pytest.fixture
-def client(catalog_url: str) -> Iterator[httpx.Client]:
-    """An httpx client on ``/v1`` of a server running in a thread, over the test's catalog."""
-    port = _free_port()
-    config = uvicorn.Config(create_app(), host="127.0.0.1", port=port, log_level="warning")
-    server = uvicorn.Server(config)
-    thread = threading.Thread(target=server.run, name="test-api-server", daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 30
-    while not server.started:
-        assert thread.is_alive(), "the API server did not start"
-        assert time.monotonic() < deadline, "the API server did not start in 30 s"
-        time.sleep(0.05)
-    with httpx.Client(base_url=f"http://127.0.0.1:{port}/v1", timeout=30) as http:
+def client(server_url: str) -> Iterator[httpx.Client]:
+    """An httpx client with an API key of the default organization."""
+    _, key = jp.create_api_key()
+    with api_client(server_url, key) as http:
         yield http
-    server.should_exit = True
-    thread.join(timeout=30)
 
 
 def _job_body(name: str = "nightly", *steps: str) -> dict[str, Any]:
@@ -206,15 +186,23 @@ def test_workflows_are_listed(client: httpx.Client) -> None:
 
 
 def test_cli_api_command_serves_the_api(catalog_url: str) -> None:
-    port = _free_port()
+    port = free_port()
     command = [str(Path(sys.executable).parent / "prefect-jobs"), "api", "--port", str(port)]
-    server = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    server = subprocess.Popen(
+        command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, encoding="utf-8"
+    )
     try:
+        assert server.stdout is not None
+        announced = server.stdout.readline()  # the first start prints a first API key, once
+        assert "first API key for organization 'default': pj_" in announced, announced
+        key = announced.split(": ", 1)[1].split()[0]
+        auth = {"Authorization": f"Bearer {key}"}
         deadline = time.monotonic() + 60
         while True:
             assert server.poll() is None, server.stderr.read() if server.stderr else ""
             try:
-                response = httpx.get(f"http://127.0.0.1:{port}/v1/workflows", timeout=5)
+                url = f"http://127.0.0.1:{port}/v1/workflows"
+                response = httpx.get(url, headers=auth, timeout=5)
                 break
             except httpx.TransportError:
                 assert time.monotonic() < deadline, "prefect-jobs api did not answer in 60 s"
