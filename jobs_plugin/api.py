@@ -34,6 +34,7 @@ from jobs_plugin.models import (
     Trigger,
     WorkflowCreate,
     WorkflowPublic,
+    WorkflowRun,
     WorkflowRunPublic,
 )
 from jobs_plugin.settings import get_settings
@@ -335,9 +336,21 @@ def plan(job_id: str, *, organization: str | None = None) -> list[dict[str, Any]
 # --------------------------------------------------------------------------- runs
 
 
-def run_public(run: JobRun) -> JobRunPublic:
-    steps = [WorkflowRunPublic.model_validate(s) for s in catalog.list_workflow_runs(run.id)]
-    return JobRunPublic.model_validate({**run.model_dump(), "workflow_runs": steps})
+def run_public(run: JobRun, steps: list[WorkflowRun] | None = None) -> JobRunPublic:
+    """A run with its workflow runs (read here unless the caller fetched them already)."""
+    if steps is None:
+        steps = catalog.list_workflow_runs(run.id)
+    return JobRunPublic.model_validate(
+        {
+            **run.model_dump(),
+            "workflow_runs": [WorkflowRunPublic.model_validate(s) for s in steps],
+        }
+    )
+
+
+def _runs_public(runs: list[JobRun]) -> dict[str, JobRunPublic]:
+    steps = catalog.workflow_runs_of([r.id for r in runs])
+    return {r.id: run_public(r, steps[r.id]) for r in runs}
 
 
 async def aexecute(
@@ -390,6 +403,12 @@ def get_run(run_id: str, *, organization: str | None = None) -> JobRunPublic:
     return run_public(catalog.get_run(run_id, organization_id(organization)))
 
 
+def get_runs(run_ids: list[str], *, organization: str | None = None) -> dict[str, JobRunPublic]:
+    """Several runs by id, with their workflow runs, in two queries; unknown ids are left out."""
+    runs = catalog.get_runs(run_ids, organization_id(organization))
+    return _runs_public(list(runs.values()))
+
+
 def list_runs(
     job_id: str | None = None,
     *,
@@ -408,7 +427,8 @@ def list_runs(
         page_number=page_number,
         page_size=page_size,
     )
-    return page.map(run_public)
+    public = _runs_public(page.items)
+    return page.map(lambda r: public[r.id])
 
 
 def list_workflow_runs(run_id: str, *, organization: str | None = None) -> list[WorkflowRunPublic]:

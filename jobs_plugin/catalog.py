@@ -454,6 +454,33 @@ def list_workflow_runs(run_id: str) -> list[WorkflowRun]:
         return _workflow_runs(session, run_id)
 
 
+def get_runs(run_ids: Sequence[str], organization_id: str) -> dict[str, JobRun]:
+    """Several runs of one organization in one query (unknown ids are left out)."""
+    with read_session() as session:
+        rows = session.exec(
+            select(JobRun).where(
+                col(JobRun.id).in_(set(run_ids)), JobRun.organization_id == organization_id
+            )
+        ).all()
+    return {r.id: r for r in rows}
+
+
+def workflow_runs_of(run_ids: Sequence[str]) -> dict[str, list[WorkflowRun]]:
+    """The steps of several runs in one query, each list in position order."""
+    found: dict[str, list[WorkflowRun]] = {run_id: [] for run_id in run_ids}
+    if not found:
+        return found
+    with read_session() as session:
+        rows = session.exec(
+            select(WorkflowRun)
+            .where(col(WorkflowRun.run_id).in_(set(run_ids)))
+            .order_by(col(WorkflowRun.run_id), col(WorkflowRun.position))
+        ).all()
+    for row in rows:
+        found[row.run_id].append(row)
+    return found
+
+
 def _workflow_runs(session: Session, run_id: str) -> list[WorkflowRun]:
     return list(
         session.exec(
@@ -575,19 +602,17 @@ def is_cancel_requested(run_id: str) -> bool:
 
 
 def start_workflow_run(workflow_run_id: str, *, prefect_flow_run_id: str | None = None) -> None:
-    """A step entered Running (again, on a Prefect retry): it becomes the run's current
-    workflow, named in ``info`` and announced with `job:updated`."""
+    """A step starts: it becomes the run's current workflow, named in ``info`` and announced
+    with `job:updated`."""
     with write_session() as session:
         step = _get_workflow_run(session, workflow_run_id, lock=True)
         run = _locked_run(session, step.run_id)
-        retrying = step.status is WorkflowRunStatus.RUNNING
         step.status = WorkflowRunStatus.RUNNING
         step.started_at = step.started_at or utcnow()
         if prefect_flow_run_id:
             step.prefect_flow_run_id = prefect_flow_run_id
         session.add(step)
-        verb = "retrying" if retrying else "running"
-        run.info = f"{verb} {step.name} (step {step.position + 1})"
+        run.info = f"running {step.name} (step {step.position + 1})"
         run.updated_at = utcnow()
         session.add(run)
         _emit(session, None, run, Topic.UPDATED, _run_payload(run, step))
@@ -598,7 +623,6 @@ def finish_workflow_run(
     status: WorkflowRunStatus,
     *,
     error: str | None = None,
-    prefect_flow_run_id: str | None = None,
 ) -> JobRun:
     """End a step. A COMPLETED step counts all its parts as processed and emits `job:updated`."""
     with write_session() as session:
@@ -609,7 +633,6 @@ def finish_workflow_run(
         step.status = status
         step.error = error
         step.finished_at = utcnow()
-        step.prefect_flow_run_id = prefect_flow_run_id or step.prefect_flow_run_id
         if status is WorkflowRunStatus.COMPLETED:
             run.processed += step.parts - step.processed
             step.processed = step.parts
@@ -673,11 +696,6 @@ def report_progress(
         if emit and (run.parts, run.processed, run.progress, run.info) != before:
             _emit(session, None, run, Topic.UPDATED, _run_payload(run, step))
     return run
-
-
-def get_workflow_run(workflow_run_id: str) -> WorkflowRun:
-    with read_session() as session:
-        return _get_workflow_run(session, workflow_run_id)
 
 
 def _get_workflow_run(session: Session, workflow_run_id: str, lock: bool = False) -> WorkflowRun:

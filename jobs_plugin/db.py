@@ -33,10 +33,6 @@ class Catalog:
     reader: Engine
     writer: Engine
 
-    @property
-    def is_sqlite(self) -> bool:
-        return self.reader.dialect.name == "sqlite"
-
 
 def _sqlite_engine(url: str, *, immediate: bool, busy_timeout: float) -> Engine:
     engine = sa.create_engine(url, connect_args={"check_same_thread": False})

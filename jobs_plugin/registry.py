@@ -8,7 +8,6 @@ Declaring is import-time and free of I/O: the decorator only remembers the flow.
 from __future__ import annotations
 
 import importlib
-import inspect
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -144,7 +143,3 @@ def load_flow(entrypoint: str) -> Flow[..., Any]:
 def schema_of(flow: Flow[..., Any]) -> dict[str, Any]:
     """The JSON schema of a flow's parameters, as Prefect shows it for deployments."""
     return parameter_schema(flow.fn).model_dump(mode="json")
-
-
-def signature_of(flow: Flow[..., Any]) -> inspect.Signature:
-    return inspect.signature(flow.fn)

@@ -23,20 +23,23 @@ RUN_ID_HEADER = "X-Run-Id"
 _FROM_RUN = ("progress", "info", "outcome", "startedAt", "finishedAt")
 
 
-def job_object(job: JobPublic, organization: str) -> dict[str, Any]:
+def job_object(
+    job: JobPublic, organization: str, latest: JobRunPublic | None = None
+) -> dict[str, Any]:
+    """The job plus fields of its latest run (read here unless the caller fetched it)."""
     data = dump(job)
     data.update(dict.fromkeys(_FROM_RUN))
     if job.last_run_id:
-        run = dump(jp.get_run(job.last_run_id, organization=organization))
+        run = dump(latest or jp.get_run(job.last_run_id, organization=organization))
         data.update({key: run.get(key) for key in _FROM_RUN})
     return data
 
 
-def _latest_run(job_id: str, organization: str) -> JobRunPublic:
-    runs = jp.list_runs(job_id, organization=organization, page_size=1)
-    if not runs.items:
+def _latest_run_id(job_id: str, organization: str) -> str:
+    run_id = jp.get_job(job_id, organization=organization).last_run_id
+    if run_id is None:
         raise ConflictError(f"job {job_id!r} has never run")
-    return runs.items[0]
+    return run_id
 
 
 @router.post("", status_code=201)
@@ -66,7 +69,12 @@ def list_jobs(
         type=type,
         operation=operation,
     )
-    return page([job_object(j, organization) for j in jobs.items], jobs)
+    latest = jp.get_runs(
+        [j.last_run_id for j in jobs.items if j.last_run_id], organization=organization
+    )
+    return page(
+        [job_object(j, organization, latest.get(j.last_run_id or "")) for j in jobs.items], jobs
+    )
 
 
 @router.get("/{jobId}")
@@ -100,7 +108,7 @@ def execute_job(job_id: JobId, organization: OrganizationDep, response: Response
 @router.post("/{jobId}/cancel")
 def cancel_job(job_id: JobId, organization: OrganizationDep, response: Response) -> dict[str, Any]:
     """Ask the job's latest run to stop (409 when it has none or it already ended)."""
-    run = jp.cancel(_latest_run(job_id, organization).id, organization=organization)
+    run = jp.cancel(_latest_run_id(job_id, organization), organization=organization)
     response.headers[RUN_ID_HEADER] = run.id
     return one(job_object(jp.get_job(job_id, organization=organization), organization))
 
@@ -108,7 +116,7 @@ def cancel_job(job_id: JobId, organization: OrganizationDep, response: Response)
 @router.post("/{jobId}/retry")
 def retry_job(job_id: JobId, organization: OrganizationDep, response: Response) -> dict[str, Any]:
     """Run the latest (FAILED or CANCELED) run again, in the background; 409 otherwise."""
-    run = jp.retry(_latest_run(job_id, organization).id, wait=False, organization=organization)
+    run = jp.retry(_latest_run_id(job_id, organization), wait=False, organization=organization)
     response.headers[RUN_ID_HEADER] = run.id
     return one(job_object(jp.get_job(job_id, organization=organization), organization))
 
