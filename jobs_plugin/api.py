@@ -227,6 +227,9 @@ def _validate(spec: JobCreate | JobUpdate | Job, org_id: str) -> None:
         job_type=spec.type,
         operation=spec.operation,
         job_config_json=spec.job_config_json,
+        source=spec.source,
+        destination=spec.destination,
+        config=spec.config,
     )
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import time
 from contextvars import ContextVar
 from dataclasses import dataclass, field
+from typing import Any
 
 from jobs_plugin import catalog
 from jobs_plugin.settings import get_settings
@@ -28,6 +29,8 @@ class RunContext:
     workflow_id: str
     workflow_run_id: str
     position: int
+    lineage_id: str = ""
+    """The id of the first attempt of this run: stable across retries, for checkpoints."""
     _last_event: list[float] = field(default_factory=lambda: [0.0], repr=False, compare=False)
 
     def set_parts(self, parts: int) -> None:
@@ -41,6 +44,10 @@ class RunContext:
     def report(self, fraction: float | None = None, *, info: str | None = None) -> None:
         """Report finer progress within this workflow (0..1) and/or a status text."""
         self._report(fraction=fraction, info=info)
+
+    def set_outcome(self, outcome: dict[str, Any]) -> None:
+        """Merge keys into the run's ``outcome`` (e.g. the id of a file this workflow made)."""
+        catalog.set_outcome(self.run_id, outcome)
 
     def _report(
         self,

@@ -81,15 +81,36 @@ def check_anatomy(job_type: JobType | str | None, operation: Operation | str | N
         )
 
 
+def operation_parameters(
+    job_type: JobType | str | None,
+    source: str | None,
+    destination: str | None,
+    config: dict[str, Any] | None,
+) -> dict[str, Any]:
+    """The parameters of the built-in workflow a job with an ``operation`` (and no execution
+    order) runs: the job's own ``type``, ``source``, ``destination`` and ``config``."""
+    values = {
+        "type": JobType(job_type).value if job_type is not None else None,
+        "source": source,
+        "destination": destination,
+        "config": config,
+    }
+    return {key: value for key, value in values.items() if value is not None}
+
+
 def steps_of(
-    config: JobConfigJson | dict[str, Any] | None, operation: Operation | str | None
+    config: JobConfigJson | dict[str, Any] | None,
+    operation: Operation | str | None,
+    operation_params: dict[str, Any] | None = None,
 ) -> list[StepSpec]:
     parsed = (
         config if isinstance(config, JobConfigJson) else JobConfigJson.model_validate(config or {})
     )
     steps = list(parsed.workflow_execution_order)
     if not steps and operation is not None:
-        steps = [StepSpec(workflow_id=builtin_workflow_id(operation))]
+        steps = [
+            StepSpec(workflow_id=builtin_workflow_id(operation), parameters=operation_params or {})
+        ]
     if not steps:
         raise ValidationError(
             "jobConfigJson.workflowExecutionOrder",
@@ -105,21 +126,39 @@ def plan(
     job_type: JobType | str | None,
     operation: Operation | str | None,
     job_config_json: JobConfigJson | dict[str, Any] | None,
+    source: str | None = None,
+    destination: str | None = None,
+    config: dict[str, Any] | None = None,
 ) -> list[PlannedStep]:
     """Resolve and validate every step; raise on the first problem."""
     if _FLOW_NAME_BANNED.search(job_name):
         raise ValidationError("name", "must not contain any of / % & > <")
     check_anatomy(job_type, operation)
-    steps = steps_of(job_config_json, operation)
+    implicit = operation_parameters(job_type, source, destination, config)
+    steps = steps_of(job_config_json, operation, implicit)
     workflows = catalog.find_workflows([s.workflow_id for s in steps], organization_id)
     planned: list[PlannedStep] = []
     for position, step in enumerate(steps):
-        where = f"jobConfigJson.workflowExecutionOrder[{position}]"
+        # The step an operation implies is the job's own: its errors name `operation`.
+        where = (
+            f"jobConfigJson.workflowExecutionOrder[{position}]"
+            if _has_order(job_config_json)
+            else "operation"
+        )
         workflow = workflows.get(step.workflow_id)
         if workflow is None:
             raise ValidationError(where, f"unknown workflow id {step.workflow_id!r}")
         planned.append(_plan_step(position, step, workflow, where))
     return planned
+
+
+def _has_order(config: JobConfigJson | dict[str, Any] | None) -> bool:
+    if isinstance(config, JobConfigJson):
+        return bool(config.workflow_execution_order)
+    return bool(
+        (config or {}).get("workflowExecutionOrder")
+        or (config or {}).get("workflow_execution_order")
+    )
 
 
 def plan_snapshot(snapshot: dict[str, Any]) -> list[PlannedStep]:
@@ -130,6 +169,9 @@ def plan_snapshot(snapshot: dict[str, Any]) -> list[PlannedStep]:
         job_type=snapshot.get("type"),
         operation=snapshot.get("operation"),
         job_config_json=snapshot.get("job_config_json"),
+        source=snapshot.get("source"),
+        destination=snapshot.get("destination"),
+        config=snapshot.get("config"),
     )
 
 

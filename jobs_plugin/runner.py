@@ -96,6 +96,7 @@ async def _run_steps(
     records = {r.position: r for r in catalog.list_workflow_runs(run.id)}
     env, cwd = dict(os.environ), os.getcwd()
     total = len(steps)
+    lineage = catalog.lineage_id(run.id) if run.retry_of else run.id
 
     def cancel_requested() -> bool:
         return catalog.is_cancel_requested(run.id)
@@ -116,6 +117,7 @@ async def _run_steps(
             workflow_id=step.workflow_id,
             workflow_run_id=record.id,
             position=step.position,
+            lineage_id=lineage,
         )
         step_flow = compiler.build_step_flow(step, ctx)
         where = f"workflow {step.workflow_id!r} (step {step.position + 1} of {total})"

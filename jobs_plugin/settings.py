@@ -28,6 +28,35 @@ class Settings(BaseSettings):
             "PostgreSQL: `postgresql+psycopg://user@host:5432/dbname`."
         ),
     )
+    data_url: str | None = Field(
+        default=None,
+        description=(
+            "SQLAlchemy URL of the data store (files, workbooks, sheets and records). Default: "
+            "a SQLite file `data.db` under `home`."
+        ),
+    )
+    files_url: str | None = Field(
+        default=None,
+        description="Where uploaded and exported file bytes live (a folder or an fsspec URL). "
+        "Default: the folder `files` under `home`.",
+    )
+    api_host: str = Field(default="127.0.0.1", description="Address the REST API listens on.")
+    api_port: int = Field(default=4300, ge=0, le=65535, description="Port of the REST API.")
+    webhook_max_attempts: int = Field(
+        default=10, ge=1, description="Attempts per webhook delivery before it is given up."
+    )
+    webhook_backoff_seconds: float = Field(
+        default=1.0, gt=0, description="Wait before the first retry of a delivery; doubles after."
+    )
+    webhook_backoff_max_seconds: float = Field(
+        default=300.0, gt=0, description="Longest wait between two attempts of a delivery."
+    )
+    webhook_timeout_seconds: float = Field(
+        default=10.0, gt=0, description="How long one delivery attempt may take."
+    )
+    idempotency_ttl_seconds: float = Field(
+        default=24 * 3600.0, gt=0, description="How long an `Idempotency-Key` is remembered."
+    )
     default_organization: str = Field(
         default="default",
         description="Name of the organization used when a caller names none.",

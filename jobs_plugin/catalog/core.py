@@ -1,9 +1,4 @@
-"""The one module that writes to the catalog. Everything else reads through it or asks it to write.
-
-Every public function runs in its own transaction: it either commits whole or leaves nothing.
-Events are written in the same transaction as the change they report, so a reader never sees
-a status without its event or an event without its status.
-"""
+"""Organizations, workflows, jobs, runs, events and API keys."""
 
 from __future__ import annotations
 
@@ -563,10 +558,16 @@ def observe_state(
                 run.processed = run.parts
                 run.progress = 100
             run.info = message or run.info
-            run.outcome = {
+            ending = {
                 "heading": transition.status.value.capitalize(),
                 "message": message or _default_outcome(transition.status, run),
             }
+            # A workflow's own outcome (``ctx.set_outcome``) stands when the run completes;
+            # on failure its extra keys stay but the heading and message say what went wrong.
+            reported = run.outcome or {}
+            run.outcome = (
+                ending | reported if transition.status is JobStatus.COMPLETED else reported | ending
+            )
         session.add(run)
         _sync_job_status(session, run)
         for topic in transition.topics:
@@ -579,6 +580,28 @@ def _default_outcome(status: JobStatus, run: JobRun) -> str:
     if status is JobStatus.COMPLETED:
         return f"{run.processed} of {run.parts} parts processed"
     return str(status.value).lower()
+
+
+def set_outcome(run_id: str, outcome: dict[str, Any]) -> JobRun:
+    """Merge ``outcome`` into the run's outcome (a workflow naming what it produced)."""
+    with write_session() as session:
+        run = _locked_run(session, run_id)
+        if run.status.is_terminal:
+            raise InvalidTransition(f"run {run_id} is already {run.status.value}")
+        run.outcome = {**(run.outcome or {}), **_plain(outcome)}
+        run.updated_at = utcnow()
+        session.add(run)
+    return run
+
+
+def lineage_id(run_id: str) -> str:
+    """The id of the first attempt of a run: what every retry of it has in common."""
+    with read_session() as session:
+        current: str | None = run_id
+        while current is not None:
+            run_id = current
+            current = session.exec(select(JobRun.retry_of).where(JobRun.id == current)).first()
+    return run_id
 
 
 def request_cancel(run_id: str, organization_id: str | None = None) -> JobRun:
