@@ -36,9 +36,11 @@ def prefect_api() -> Iterator[None]:
         yield
 
 
-def _use_catalog(monkeypatch: pytest.MonkeyPatch, url: str) -> None:
-    """Point the settings at ``url`` for one test (monkeypatch restores the environment)."""
+def _use_catalog(monkeypatch: pytest.MonkeyPatch, url: str, home: Path) -> None:
+    """Point the settings at ``url`` and the home folder (so the data store and file bytes)
+    at ``home`` for one test; monkeypatch restores the environment."""
     monkeypatch.setenv("PREFECT_JOBS_DATABASE_URL", url)
+    monkeypatch.setenv("PREFECT_JOBS_HOME", str(home))
     get_settings.cache_clear()
 
 
@@ -52,7 +54,7 @@ def _fresh_settings() -> Iterator[None]:
 def catalog_url(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
     """A fresh SQLite catalog, with the test workflows registered."""
     url = f"sqlite:///{tmp_path / 'catalog.db'}"
-    _use_catalog(monkeypatch, url)
+    _use_catalog(monkeypatch, url, tmp_path / "home")
     jp.register_module("tests.workflows")
     yield url
     db.dispose_all()
@@ -92,7 +94,7 @@ def any_catalog_url(
         url = f"sqlite:///{tmp_path / 'catalog.db'}"
     else:
         url = _postgres_database()
-    _use_catalog(monkeypatch, url)
+    _use_catalog(monkeypatch, url, tmp_path / "home")
     jp.register_module("tests.workflows")
     yield url
     if request.param == "postgresql":
