@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import threading
 from collections.abc import Callable, Coroutine
+from datetime import datetime
 from typing import Any, TypeVar
 
 from prefect import Flow
@@ -447,8 +448,12 @@ def list_events(
     job_id: str | None = None,
     run_id: str | None = None,
     topic: str | None = None,
+    domain: str | None = None,
     after: int | None = None,
+    since: datetime | None = None,
+    include_acknowledged: bool = True,
     limit: int = 100,
+    offset: int = 0,
     organization: str | None = None,
 ) -> list[EventPublic]:
     """Events oldest first; ``after`` is a cursor (``EventPublic.cursor``) to resume from."""
@@ -457,10 +462,50 @@ def list_events(
         job_id=job_id,
         run_id=run_id,
         topic=topic,
+        domain=domain,
         after_cursor=after,
+        since=since,
+        include_acknowledged=include_acknowledged,
         limit=limit,
+        offset=offset,
     )
     return [EventPublic.model_validate(e) for e in events]
+
+
+def count_events(
+    *,
+    job_id: str | None = None,
+    run_id: str | None = None,
+    topic: str | None = None,
+    domain: str | None = None,
+    after: int | None = None,
+    since: datetime | None = None,
+    include_acknowledged: bool = True,
+    organization: str | None = None,
+) -> int:
+    """How many events ``list_events`` with the same filters would give, unlimited."""
+    return catalog.count_events(
+        organization_id(organization),
+        job_id=job_id,
+        run_id=run_id,
+        topic=topic,
+        domain=domain,
+        after_cursor=after,
+        since=since,
+        include_acknowledged=include_acknowledged,
+    )
+
+
+def get_event(event_id: str, *, organization: str | None = None) -> EventPublic:
+    return EventPublic.model_validate(catalog.get_event(event_id, organization_id(organization)))
+
+
+def acknowledge_event(
+    event_id: str, *, organization: str | None = None, actor: str | None = None
+) -> EventPublic:
+    """Mark an event as handled; acknowledged events can be left out of ``list_events``."""
+    event = catalog.acknowledge_event(event_id, organization_id(organization), actor=actor)
+    return EventPublic.model_validate(event)
 
 
 def subscribe(

@@ -441,6 +441,7 @@ class EventPublic(EventBase):
     payload: dict[str, Any] | None
     created_at: datetime
     acknowledged_at: datetime | None = None
+    acknowledged_by: str | None = None
 
 
 # --------------------------------------------------------------------------- pages

@@ -80,6 +80,11 @@ class Settings(BaseSettings):
         gt=0,
         description="How often an event subscription polls the catalog for new events.",
     )
+    stream_poll_seconds: float = Field(
+        default=0.05,
+        gt=0,
+        description="How often the REST API's live event stream looks for new events.",
+    )
     sqlite_busy_timeout_seconds: float = Field(
         default=30.0,
         gt=0,

@@ -803,17 +803,17 @@ def _emit(
     return event
 
 
-def list_events(
+def _event_query(
     organization_id: str,
     *,
-    job_id: str | None = None,
-    run_id: str | None = None,
-    topic: str | None = None,
-    after_cursor: int | None = None,
-    since: datetime | None = None,
-    limit: int = 100,
-) -> list[Event]:
-    """Events in catalog order (cursor), oldest first."""
+    job_id: str | None,
+    run_id: str | None,
+    topic: str | None,
+    domain: str | None,
+    after_cursor: int | None,
+    since: datetime | None,
+    include_acknowledged: bool,
+) -> SelectOfScalar[Event]:
     query = select(Event).where(Event.organization_id == organization_id)
     if job_id is not None:
         query = query.where(Event.job_id == job_id)
@@ -821,12 +821,98 @@ def list_events(
         query = query.where(Event.run_id == run_id)
     if topic is not None:
         query = query.where(Event.topic == topic)
+    if domain is not None:
+        query = query.where(Event.domain == domain)
     if after_cursor is not None:
         query = query.where(col(Event.cursor) > after_cursor)
     if since is not None:
         query = query.where(col(Event.created_at) >= since)
+    if not include_acknowledged:
+        query = query.where(col(Event.acknowledged_at).is_(None))
+    return query
+
+
+def list_events(
+    organization_id: str,
+    *,
+    job_id: str | None = None,
+    run_id: str | None = None,
+    topic: str | None = None,
+    domain: str | None = None,
+    after_cursor: int | None = None,
+    since: datetime | None = None,
+    include_acknowledged: bool = True,
+    limit: int = 100,
+    offset: int = 0,
+) -> list[Event]:
+    """Events in catalog order (cursor), oldest first."""
+    query = _event_query(
+        organization_id,
+        job_id=job_id,
+        run_id=run_id,
+        topic=topic,
+        domain=domain,
+        after_cursor=after_cursor,
+        since=since,
+        include_acknowledged=include_acknowledged,
+    )
     with read_session() as session:
-        return list(session.exec(query.order_by(col(Event.cursor)).limit(limit)).all())
+        return list(
+            session.exec(query.order_by(col(Event.cursor)).offset(offset).limit(limit)).all()
+        )
+
+
+def count_events(
+    organization_id: str,
+    *,
+    job_id: str | None = None,
+    run_id: str | None = None,
+    topic: str | None = None,
+    domain: str | None = None,
+    after_cursor: int | None = None,
+    since: datetime | None = None,
+    include_acknowledged: bool = True,
+) -> int:
+    query = _event_query(
+        organization_id,
+        job_id=job_id,
+        run_id=run_id,
+        topic=topic,
+        domain=domain,
+        after_cursor=after_cursor,
+        since=since,
+        include_acknowledged=include_acknowledged,
+    )
+    with read_session() as session:
+        return int(session.exec(select(func.count()).select_from(query.subquery())).one())
+
+
+def events_after(after_cursor: int, limit: int = 500) -> list[Event]:
+    """Events of every organization after a cursor: what one live-stream poller fans out."""
+    with read_session() as session:
+        return list(
+            session.exec(
+                select(Event)
+                .where(col(Event.cursor) > after_cursor)
+                .order_by(col(Event.cursor))
+                .limit(limit)
+            ).all()
+        )
+
+
+def acknowledge_event(event_id: str, organization_id: str, *, actor: str | None = None) -> Event:
+    """Mark an event handled (idempotent: the first acknowledgement's time stays)."""
+    with write_session() as session:
+        event = session.exec(
+            select(Event).where(Event.id == event_id, Event.organization_id == organization_id)
+        ).first()
+        if event is None:
+            raise EventNotFound(event_id)
+        if event.acknowledged_at is None:
+            event.acknowledged_at = utcnow()
+            event.acknowledged_by = actor
+            session.add(event)
+    return event
 
 
 def get_event(event_id: str, organization_id: str) -> Event:

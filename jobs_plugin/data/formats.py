@@ -1,0 +1,452 @@
+"""Streaming readers and writers of CSV/TSV, JSON, JSON Lines and XLSX.
+
+Readers turn a binary stream into ``Table``s (one per CSV/JSON file, one per XLSX worksheet):
+a header, a small sample (for type inference) and an iterator over the remaining rows, each
+with the line (or item) it came from. Nothing reads a whole file into memory. A problem that
+makes a file unreadable is a ``DataError`` naming the line and the reason.
+"""
+
+from __future__ import annotations
+
+import codecs
+import csv
+import io
+import itertools
+import json
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass, field
+from datetime import date, datetime, time
+from typing import IO, Any, cast
+
+from jobs_plugin.data.schema import CastError, keys_for, to_number
+
+SAMPLE_BYTES = 1 << 16
+SAMPLE_ROWS = 1000
+DELIMITERS = (",", ";", "\t", "|")
+MIMETYPES = {
+    "csv": "text/csv",
+    "tsv": "text/tab-separated-values",
+    "json": "application/json",
+    "jsonl": "application/jsonl",
+    "xlsx": "application/vnd.openxmlformats-officedocument.spreadsheetml.sheet",
+}
+Cells = list[Any] | dict[str, Any]
+
+
+class DataError(ValueError):
+    """A file that cannot be read: ``where`` (``line 7``, ``item 3``, ``sheet 'X' row 4``)
+    and ``why``."""
+
+    def __init__(self, where: str, why: str) -> None:
+        self.where = where
+        self.why = why
+        super().__init__(f"{where}: {why}")
+
+
+@dataclass
+class Table:
+    """One table of a file. ``columns``: ``(key, label)`` per column (positional rows) or per
+    object key (JSON rows, ``keyed=True``); ``rows`` yields ``(where, cells)`` for every data
+    row, the sample included."""
+
+    name: str
+    columns: list[tuple[str, str]]
+    sample: list[Cells]
+    rows: Iterator[tuple[str, Cells]]
+    estimated_rows: int | None = None
+    keyed: bool = False
+    source_keys: list[str] = field(default_factory=list)
+
+
+def extension_of(name: str) -> str:
+    return name.rsplit(".", 1)[-1].lower() if "." in name else ""
+
+
+def mimetype_of(name: str) -> str:
+    return MIMETYPES.get(extension_of(name), "application/octet-stream")
+
+
+def read_tables(
+    stream: IO[bytes], ext: str, size: int, options: dict[str, Any] | None = None
+) -> list[Table]:
+    """The tables of a file, by extension: csv/tsv/txt, json, jsonl/ndjson, xlsx."""
+    options = options or {}
+    ext = ext.lower()
+    if ext == "xlsx":
+        return _xlsx_tables(stream, options)
+    if ext == "json":
+        return [_json_table(stream, size, options, lines=False)]
+    if ext in ("jsonl", "ndjson"):
+        return [_json_table(stream, size, options, lines=True)]
+    return [_csv_table(stream, ext, size, options)]
+
+
+# --------------------------------------------------------------------------- encodings
+
+
+def detect_encoding(sample: bytes, complete: bool) -> str:
+    """``utf-8-sig`` with a BOM, ``utf-16`` with its BOM, ``utf-8`` when the sample decodes,
+    else ``latin-1`` (which decodes anything)."""
+    if sample.startswith(codecs.BOM_UTF8):
+        return "utf-8-sig"
+    if sample.startswith((codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)):
+        return "utf-16"
+    try:
+        codecs.getincrementaldecoder("utf-8")().decode(sample, final=complete)
+        return "utf-8"
+    except UnicodeDecodeError:
+        return "latin-1"
+
+
+def _text(stream: IO[bytes], options: dict[str, Any]) -> tuple[io.TextIOWrapper, str, str]:
+    """The stream as text (newline-preserving, for csv), its encoding, and a text sample."""
+    buffered = io.BufferedReader(cast(Any, stream), buffer_size=SAMPLE_BYTES)
+    raw = buffered.peek(SAMPLE_BYTES)[:SAMPLE_BYTES]
+    encoding = options.get("encoding") or detect_encoding(raw, complete=len(raw) < SAMPLE_BYTES)
+    try:
+        sample = raw.decode(encoding, errors="ignore")
+    except LookupError as exc:
+        raise DataError("options.encoding", f"unknown encoding {encoding!r}") from exc
+    text = io.TextIOWrapper(buffered, encoding=encoding, newline="")
+    return text, encoding, sample
+
+
+# --------------------------------------------------------------------------- CSV
+
+
+def _pick_delimiter(sample: str, ext: str) -> str:
+    if ext == "tsv":
+        return "\t"
+    lines = [line for line in sample.splitlines()[:50] if line.strip()]
+    if len(sample) >= SAMPLE_BYTES and len(lines) > 1:
+        lines = lines[:-1]  # the last line may be cut
+    best, best_score = ",", (0, 0)
+    for delimiter in DELIMITERS:
+        try:
+            counts = [len(r) for r in csv.reader(lines, delimiter=delimiter) if r]
+        except csv.Error:
+            continue
+        if not counts or max(counts) < 2:
+            continue
+        consistent = sum(1 for c in counts if c == counts[0])
+        score = (consistent, counts[0])
+        if score > best_score:
+            best, best_score = delimiter, score
+    return best
+
+
+def looks_like_header(cells: Sequence[Any], next_row: Sequence[Any] | None) -> bool:
+    """A header: every cell a non-empty, distinct, non-numeric text; and, when a row
+    follows, not a row of the same shape of texts that repeats itself."""
+    texts = [c.strip() if isinstance(c, str) else c for c in cells]
+    if not texts or any(not isinstance(c, str) or c == "" for c in texts):
+        return False
+    if len(set(texts)) != len(texts):
+        return False
+    for text in texts:
+        try:
+            to_number(text)
+            return False
+        except CastError:
+            pass
+    return next_row is None or list(next_row) != list(cells)
+
+
+def _csv_table(stream: IO[bytes], ext: str, size: int, options: dict[str, Any]) -> Table:
+    text, encoding, sample = _text(stream, options)
+    delimiter = options.get("delimiter") or _pick_delimiter(sample, ext)
+    reader = csv.reader(text, delimiter=delimiter, strict=True)
+    state = {"line": 0}
+
+    def raw_rows() -> Iterator[tuple[str, list[str]]]:
+        while True:
+            try:
+                row = next(reader)
+            except StopIteration:
+                return
+            except UnicodeDecodeError as exc:
+                # The text layer decodes ahead of the csv reader, a block at a time: count the
+                # line ends of the failing block before the bad byte.
+                line = reader.line_num + 1 + exc.object[: exc.start].count(b"\n")
+                raise DataError(
+                    f"line {line}",
+                    f"not valid {encoding} text (byte 0x{exc.object[exc.start]:02x}); "
+                    "save the file as UTF-8 or give options.encoding",
+                ) from exc
+            except csv.Error as exc:
+                raise DataError(f"line {reader.line_num}", f"malformed CSV: {exc}") from exc
+            state["line"] = reader.line_num
+            if not row or all(cell.strip() == "" for cell in row):
+                continue  # empty lines are not records
+            yield f"line {reader.line_num}", row
+
+    rows = raw_rows()
+    first = next(rows, None)
+    if first is None:
+        raise DataError("line 1", "the file is empty (no header and no rows)")
+    lookahead = list(itertools.islice(rows, SAMPLE_ROWS))
+    header_option = options.get("header")
+    second = lookahead[0][1] if lookahead else None
+    has_header = (
+        bool(header_option) if header_option is not None else looks_like_header(first[1], second)
+    )
+    if has_header:
+        columns = keys_for(first[1])
+        data = lookahead
+    else:
+        columns = keys_for([f"Column {i + 1}" for i in range(len(first[1]))])
+        data = [first, *lookahead]
+    sample_bytes = max(1, len(sample.encode(encoding, errors="ignore")))
+    sample_lines = max(1, sample.count("\n"))
+    estimate = int(size / (sample_bytes / sample_lines)) if size else len(data)
+    return Table(
+        name=options.get("sheetName") or "Sheet1",
+        columns=columns,
+        sample=[cells for _, cells in data],
+        rows=itertools.chain(data, rows),
+        estimated_rows=max(len(data), estimate - (1 if has_header else 0)),
+    )
+
+
+# --------------------------------------------------------------------------- JSON
+
+
+def _json_items(text: IO[str]) -> Iterator[tuple[str, Any]]:
+    """The items of a top-level JSON array, one at a time (a small buffer, never the file)."""
+    decoder = json.JSONDecoder()
+    buf, pos, eof, item = "", 0, False, 0
+
+    def fill() -> None:
+        nonlocal buf, pos, eof
+        more = text.read(SAMPLE_BYTES)
+        eof = not more
+        buf, pos = buf[pos:] + more, 0
+
+    def skip_ws() -> None:
+        nonlocal pos
+        while True:
+            while pos < len(buf) and buf[pos] in " \t\r\n":
+                pos += 1
+            if pos < len(buf) or eof:
+                return
+            fill()
+
+    fill()
+    skip_ws()
+    if pos >= len(buf):
+        raise DataError("item 1", "the file is empty (expected a JSON array of objects)")
+    if buf[pos] != "[":
+        raise DataError("item 1", "expected a JSON array of objects")
+    pos += 1
+    while True:
+        skip_ws()
+        if pos >= len(buf):
+            raise DataError(f"item {item + 1}", "unexpected end of file: the array is not closed")
+        if buf[pos] == "]":
+            return
+        if item:
+            if buf[pos] != ",":
+                raise DataError(f"item {item + 1}", f"expected ',' or ']', found {buf[pos]!r}")
+            pos += 1
+            skip_ws()
+        while True:
+            try:
+                value, end = decoder.raw_decode(buf, pos)
+                if end >= len(buf) and not eof and isinstance(value, (int, float)):
+                    raise json.JSONDecodeError("number may continue", buf, end)
+                break
+            except json.JSONDecodeError as exc:
+                if eof:
+                    raise DataError(f"item {item + 1}", f"invalid JSON: {exc.msg}") from exc
+                fill()
+        pos = end
+        item += 1
+        yield f"item {item}", value
+
+
+def _json_lines(text: IO[str]) -> Iterator[tuple[str, Any]]:
+    for number, line in enumerate(text, start=1):
+        if not line.strip():
+            continue
+        try:
+            yield f"line {number}", json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise DataError(f"line {number}", f"invalid JSON: {exc.msg}") from exc
+
+
+def _json_table(stream: IO[bytes], size: int, options: dict[str, Any], lines: bool) -> Table:
+    text, encoding, sample = _text(stream, options)
+    items = _json_lines(text) if lines else _json_items(text)
+
+    def objects() -> Iterator[tuple[str, Cells]]:
+        for where, value in items:
+            if not isinstance(value, dict):
+                raise DataError(where, f"expected a JSON object, got {type(value).__name__}")
+            yield where, value
+
+    rows = objects()
+    head = list(itertools.islice(rows, SAMPLE_ROWS))
+    if not head and lines and size == 0:
+        raise DataError("line 1", "the file is empty")
+    source_keys: list[str] = []
+    for _, obj in head:
+        assert isinstance(obj, dict)
+        for key in obj:
+            if key not in source_keys:
+                source_keys.append(key)
+    columns = keys_for(source_keys)
+    sample_rows = max(1, len(head))
+    estimate = len(head)
+    if head and size:
+        per_row = len(sample.encode(encoding, errors="ignore")) / max(1, sample.count("\n"))
+        estimate = max(len(head), int(size / max(per_row, 1))) if lines else sample_rows
+    return Table(
+        name=options.get("sheetName") or "Sheet1",
+        columns=columns,
+        sample=[[obj.get(k) for k in source_keys] for _, obj in head if isinstance(obj, dict)],
+        rows=itertools.chain(head, rows),
+        estimated_rows=estimate,
+        keyed=True,
+        source_keys=source_keys,
+    )
+
+
+# --------------------------------------------------------------------------- XLSX
+
+
+def _xlsx_cell(value: Any) -> Any:
+    if isinstance(value, datetime):
+        return value.date().isoformat() if value.time() == time(0) else value.isoformat()
+    if isinstance(value, (date, time)):
+        return value.isoformat()
+    if isinstance(value, str):
+        return value
+    return value
+
+
+def _xlsx_tables(stream: IO[bytes], options: dict[str, Any]) -> list[Table]:
+    import zipfile
+
+    from openpyxl import load_workbook  # type: ignore[import-untyped]
+
+    try:
+        book = load_workbook(stream, read_only=True, data_only=True)
+    except (zipfile.BadZipFile, KeyError, OSError, ValueError) as exc:
+        raise DataError("line 1", f"not a readable XLSX file: {exc}") from exc
+    tables = []
+    for ws in book.worksheets:
+        name = ws.title
+
+        def worksheet_rows(ws: Any = ws, name: str = name) -> Iterator[tuple[str, list[Any]]]:
+            for number, row in enumerate(ws.iter_rows(values_only=True), start=1):
+                cells = [_xlsx_cell(v) for v in row]
+                while cells and cells[-1] in (None, ""):
+                    cells.pop()
+                if not cells:
+                    continue
+                yield f"sheet {name!r} row {number}", cells
+
+        rows = worksheet_rows()
+        first = next(rows, None)
+        if first is None:
+            continue  # an empty worksheet is no table
+        lookahead = list(itertools.islice(rows, SAMPLE_ROWS))
+        second = lookahead[0][1] if lookahead else None
+        header_option = options.get("header")
+        has_header = (
+            bool(header_option)
+            if header_option is not None
+            else looks_like_header(first[1], second)
+        )
+        width = max([len(first[1])] + [len(c) for _, c in lookahead])
+        if has_header:
+            columns = keys_for(list(first[1]) + [None] * (width - len(first[1])))
+            data = lookahead
+        else:
+            columns = keys_for([f"Column {i + 1}" for i in range(width)])
+            data = [first, *lookahead]
+        max_row = ws.max_row if isinstance(ws.max_row, int) else None
+        tables.append(
+            Table(
+                name=name,
+                columns=columns,
+                sample=[cells for _, cells in data],
+                rows=itertools.chain(data, rows),
+                estimated_rows=(max_row - (1 if has_header else 0)) if max_row else len(data),
+            )
+        )
+    if not tables:
+        raise DataError("line 1", "the workbook has no rows in any worksheet")
+    return tables
+
+
+# --------------------------------------------------------------------------- writers
+
+
+def csv_cell(value: Any) -> str:
+    if value is None:
+        return ""
+    if value is True:
+        return "true"
+    if value is False:
+        return "false"
+    if isinstance(value, (dict, list)):
+        return json.dumps(value, ensure_ascii=False)
+    return str(value)
+
+
+class Writer:
+    """Writes batches of value dicts into a binary stream in one format."""
+
+    def __init__(self, out: IO[bytes], keys: list[str], fmt: str, sheet_names: list[str]) -> None:
+        self.out, self.keys, self.fmt = out, keys, fmt
+        self._text: io.TextIOWrapper | None = None
+        self._book: Any = None
+        self._ws: Any = None
+        self._sheet_names = sheet_names
+        if fmt in ("csv", "tsv"):
+            self._text = io.TextIOWrapper(out, encoding="utf-8", newline="", write_through=False)
+            self._csv = csv.writer(self._text, delimiter="\t" if fmt == "tsv" else ",")
+        elif fmt == "jsonl":
+            self._text = io.TextIOWrapper(out, encoding="utf-8", newline="\n")
+        elif fmt == "xlsx":
+            from openpyxl import Workbook
+
+            self._book = Workbook(write_only=True)
+        else:
+            raise ValueError(f"unknown export format {fmt!r}")
+
+    def start_sheet(self, name: str, keys: list[str]) -> None:
+        self.keys = keys
+        if self.fmt == "xlsx":
+            self._ws = self._book.create_sheet(title=name[:31] or "Sheet")
+            self._ws.append(keys)
+        elif self.fmt in ("csv", "tsv"):
+            self._csv.writerow(keys)
+
+    def write(self, rows: Iterable[dict[str, Any]]) -> None:
+        keys = self.keys
+        if self.fmt in ("csv", "tsv"):
+            self._csv.writerows([csv_cell(r.get(k)) for k in keys] for r in rows)
+        elif self.fmt == "jsonl":
+            assert self._text is not None
+            dumps: Callable[..., str] = json.dumps
+            self._text.write(
+                "".join(dumps({k: r.get(k) for k in keys}, ensure_ascii=False) + "\n" for r in rows)
+            )
+        else:
+            for r in rows:
+                self._ws.append([_xlsx_out(r.get(k)) for k in keys])
+
+    def close(self) -> None:
+        if self._text is not None:
+            self._text.flush()
+            self._text.detach()
+        if self._book is not None:
+            self._book.save(self.out)
+
+
+def _xlsx_out(value: Any) -> Any:
+    if isinstance(value, (dict, list)):
+        return json.dumps(value, ensure_ascii=False)
+    return value

@@ -1,0 +1,236 @@
+"""Cell validation and type inference against a sheet's fields (pure functions).
+
+A cell that does not fit its field keeps the raw value and gets a message; a record is valid
+when none of its cells has one. Dates are stored as ISO ``YYYY-MM-DD`` strings, numbers as
+``int`` when integral and ``float`` otherwise, empty strings as ``None``.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from collections.abc import Iterable, Sequence
+from datetime import date, datetime
+from typing import Any
+
+from jobs_plugin.data.models import FieldType, SheetConfig, SheetField
+
+Messages = dict[str, list[dict[str, str]]]
+DATE_FORMATS = ("%Y-%m-%d", "%Y/%m/%d", "%m/%d/%Y", "%d.%m.%Y", "%Y-%m-%dT%H:%M:%S")
+_INT = re.compile(r"^[+-]?\d+$")
+_FLOAT = re.compile(r"^[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?$")
+_ISO_DATE = re.compile(r"^\d{4}-\d{2}-\d{2}([T ]\d{2}:\d{2}(:\d{2}(\.\d+)?)?)?$")
+_TRUE = {"true", "yes", "y", "t", "1"}
+_FALSE = {"false", "no", "n", "f", "0"}
+_KEY_CHARS = re.compile(r"[^0-9a-zA-Z]+")
+
+
+class CastError(ValueError):
+    """A value that does not fit a field's type; the message is the cell's message."""
+
+
+def to_number(value: Any) -> int | float:
+    if isinstance(value, bool):
+        raise CastError("must be a number")
+    if isinstance(value, int):
+        return value
+    if isinstance(value, float):
+        if not math.isfinite(value):
+            raise CastError("must be a finite number")
+        return int(value) if value.is_integer() and abs(value) < 2**53 else value
+    text = str(value).strip()
+    if _INT.match(text):
+        return int(text)
+    if _FLOAT.match(text):
+        number = float(text)
+        return int(number) if number.is_integer() and abs(number) < 2**53 else number
+    raise CastError(f"must be a number, got {_shown(value)}")
+
+
+def to_boolean(value: Any) -> bool:
+    if isinstance(value, bool):
+        return value
+    text = str(value).strip().lower()
+    if text in _TRUE:
+        return True
+    if text in _FALSE:
+        return False
+    raise CastError(f"must be a boolean (true/false, yes/no), got {_shown(value)}")
+
+
+def to_date(value: Any, formats: Sequence[str] = DATE_FORMATS) -> str:
+    if isinstance(value, datetime):
+        return value.date().isoformat()
+    if isinstance(value, date):
+        return value.isoformat()
+    text = str(value).strip()
+    for fmt in formats:
+        try:
+            return datetime.strptime(text, fmt).date().isoformat()
+        except ValueError:
+            continue
+    if _ISO_DATE.match(text):
+        try:
+            return datetime.fromisoformat(text).date().isoformat()
+        except ValueError:
+            pass
+    raise CastError(f"must be a date ({', '.join(formats)}), got {_shown(value)}")
+
+
+def to_string(value: Any) -> str:
+    if isinstance(value, str):
+        return value
+    if isinstance(value, (dict, list)):
+        return json.dumps(value, ensure_ascii=False)
+    if isinstance(value, datetime):
+        return value.isoformat()
+    if isinstance(value, date):
+        return value.isoformat()
+    if isinstance(value, float) and value.is_integer():
+        return str(int(value))
+    return str(value)
+
+
+def _shown(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 40 else text[:37] + "..."
+
+
+class Validator:
+    """Validates rows (``{key: raw value}``) against a sheet's fields, fast enough for bulk
+    loads: one pass per row, no allocation for valid cells beyond the values dict."""
+
+    def __init__(self, config: SheetConfig) -> None:
+        self.fields = list(config.fields)
+        self.allow_additional = config.allow_additional_fields
+        self._keys = {f.key for f in self.fields}
+        self._plans: list[tuple[str, FieldType, bool, frozenset[Any] | None]] = []
+        for f in self.fields:
+            options = None
+            if f.type is FieldType.ENUM:
+                options = frozenset(o.value for o in (f.config.options if f.config else []))
+            self._plans.append((f.key, f.type, f.has("required"), options))
+        self._unique = [f.key for f in self.fields if f.has("unique")]
+
+    def validate(self, row: dict[str, Any]) -> tuple[dict[str, Any], Messages | None]:
+        values: dict[str, Any] = {}
+        messages: Messages | None = None
+        for key, kind, required, options in self._plans:
+            raw = row.get(key)
+            if raw is None or raw == "":
+                values[key] = None
+                if required:
+                    messages = messages or {}
+                    messages[key] = [{"type": "error", "message": "is required"}]
+                continue
+            try:
+                values[key] = _cast(kind, raw, options)
+            except CastError as exc:
+                values[key] = raw
+                messages = messages or {}
+                messages[key] = [{"type": "error", "message": str(exc)}]
+        if self.allow_additional:
+            for key, raw in row.items():
+                if key not in self._keys:
+                    values[key] = raw
+        return values, messages
+
+    def check_unique(
+        self, rows: list[tuple[dict[str, Any], Messages | None]]
+    ) -> list[tuple[dict[str, Any], Messages | None]]:
+        """Mark duplicates of ``unique`` fields within ``rows`` (one chunk)."""
+        if not self._unique:
+            return rows
+        out = []
+        seen: dict[str, set[Any]] = {k: set() for k in self._unique}
+        for values, messages in rows:
+            for key in self._unique:
+                value = values.get(key)
+                if value is None:
+                    continue
+                marker = json.dumps(value, sort_keys=True)
+                if marker in seen[key]:
+                    messages = dict(messages or {})
+                    messages[key] = [{"type": "error", "message": "must be unique"}]
+                seen[key].add(marker)
+            out.append((values, messages))
+        return out
+
+
+def _cast(kind: FieldType, raw: Any, options: frozenset[Any] | None) -> Any:
+    if kind is FieldType.STRING:
+        return to_string(raw)
+    if kind is FieldType.NUMBER:
+        return to_number(raw)
+    if kind is FieldType.BOOLEAN:
+        return to_boolean(raw)
+    if kind is FieldType.DATE:
+        return to_date(raw)
+    value = to_string(raw) if not isinstance(raw, (int, float)) else raw
+    if options is not None and value not in options:
+        shown = ", ".join(sorted(str(o) for o in options)[:10])
+        raise CastError(f"must be one of {shown}; got {_shown(raw)}")
+    return value
+
+
+def infer_fields(headers: Sequence[tuple[str, str]], sample: Iterable[Any]) -> list[SheetField]:
+    """Fields for ``headers`` (``(key, label)``) with types guessed from sample rows: a column
+    is a number, boolean or date when every non-empty sampled cell is one, else a string."""
+    candidates = [{FieldType.NUMBER, FieldType.BOOLEAN, FieldType.DATE} for _ in headers]
+    seen = [False] * len(headers)
+    for row in sample:
+        cells = list(row.values()) if isinstance(row, dict) else list(row)
+        for i, raw in enumerate(cells[: len(headers)]):
+            if raw is None or raw == "" or not candidates[i]:
+                continue
+            seen[i] = True
+            for kind in list(candidates[i]):
+                if not _fits(kind, raw):
+                    candidates[i].discard(kind)
+    fields = []
+    for (key, label), kinds, any_value in zip(headers, candidates, seen, strict=True):
+        kind = FieldType.STRING
+        if any_value:
+            for preferred in (FieldType.BOOLEAN, FieldType.NUMBER, FieldType.DATE):
+                if preferred in kinds:
+                    kind = preferred
+                    break
+        fields.append(SheetField(key=key, label=label, type=kind))
+    return fields
+
+
+def _fits(kind: FieldType, raw: Any) -> bool:
+    try:
+        if kind is FieldType.BOOLEAN:
+            if isinstance(raw, bool):
+                return True
+            return str(raw).strip().lower() in {"true", "false", "yes", "no"}
+        if kind is FieldType.NUMBER:
+            to_number(raw)
+        elif kind is FieldType.DATE:
+            if isinstance(raw, (date, datetime)):
+                return True
+            if not _ISO_DATE.match(str(raw).strip()):
+                return False
+            to_date(raw)
+        return True
+    except CastError:
+        return False
+
+
+def keys_for(headers: Sequence[Any]) -> list[tuple[str, str]]:
+    """Field ``(key, label)`` pairs for header cells: keys are lower snake_case and unique."""
+    out: list[tuple[str, str]] = []
+    used: set[str] = set()
+    for i, header in enumerate(headers):
+        label = to_string(header).strip() if header not in (None, "") else f"Column {i + 1}"
+        key = _KEY_CHARS.sub("_", label).strip("_").lower() or f"column_{i + 1}"
+        if key[0].isdigit():
+            key = f"c_{key}"
+        base, n = key, 2
+        while key in used:
+            key, n = f"{base}_{n}", n + 1
+        used.add(key)
+        out.append((key, label))
+    return out
