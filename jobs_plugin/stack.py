@@ -544,6 +544,8 @@ def main(argv: Sequence[str] | None = None) -> None:
         runner_args = argparse.ArgumentParser(prog="python -m jobs_plugin.stack runner")
         runner_args.add_argument("--poll-seconds", type=float, default=1.0)
         options = runner_args.parse_args(args[1:])
+        # A supervisor started in the background by a shell passes SIGINT down ignored.
+        signal.signal(signal.SIGINT, signal.default_int_handler)
         with contextlib.suppress(KeyboardInterrupt):
             asyncio.run(serve_job_runner(options.poll_seconds))
         return

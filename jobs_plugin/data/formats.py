@@ -176,7 +176,7 @@ def _csv_table(stream: IO[bytes], ext: str, size: int, options: dict[str, Any]) 
             except csv.Error as exc:
                 raise DataError(f"line {reader.line_num}", f"malformed CSV: {exc}") from exc
             state["line"] = reader.line_num
-            if not row or all(cell.strip() == "" for cell in row):
+            if not any(row) or (len(row) == 1 and not row[0].strip()):
                 continue  # empty lines are not records
             yield f"line {reader.line_num}", row
 

@@ -625,11 +625,9 @@ def _delete_chunk(
     if not seqs:
         return state, 0
     new_state = {**state, "chunks": state["chunks"] + 1, "deleted": state["deleted"] + len(seqs)}
-    new_state.pop("ranges", None)
     saved = store.commit_chunk(
         org, lineage, position, state, new_state, store.Chunk(deletes=[(sheet_id, seqs)])
     )
-    saved.pop("ranges", None)
     return saved, len(seqs)
 
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import math
 import re
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from datetime import date, datetime
 from typing import Any
 
@@ -23,6 +23,7 @@ _FLOAT = re.compile(r"^[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?$")
 _ISO_DATE = re.compile(r"^\d{4}-\d{2}-\d{2}([T ]\d{2}:\d{2}(:\d{2}(\.\d+)?)?)?$")
 _TRUE = {"true", "yes", "y", "t", "1"}
 _FALSE = {"false", "no", "n", "f", "0"}
+_BOOLEANS = {**dict.fromkeys(_TRUE, True), **dict.fromkeys(_FALSE, False)}
 _KEY_CHARS = re.compile(r"[^0-9a-zA-Z]+")
 
 
@@ -31,35 +32,48 @@ class CastError(ValueError):
 
 
 def to_number(value: Any) -> int | float:
-    if isinstance(value, bool):
-        raise CastError("must be a number")
-    if isinstance(value, int):
-        return value
-    if isinstance(value, float):
+    """``int`` when integral (below 2**53), else a finite ``float``. The common case, a
+    decimal string, takes the C conversions ``int()``/``float()`` only."""
+    kind = type(value)
+    if kind is str:
+        if "_" not in value:
+            try:
+                return int(value)
+            except ValueError:
+                pass
+            try:
+                number = float(value)
+            except ValueError:
+                number = math.nan
+            if math.isfinite(number):
+                return int(number) if number.is_integer() and abs(number) < 2**53 else number
+        raise CastError(f"must be a number, got {_shown(value)}")
+    if kind is int:
+        return int(value)
+    if kind is float:
         if not math.isfinite(value):
             raise CastError("must be a finite number")
-        return int(value) if value.is_integer() and abs(value) < 2**53 else value
-    text = str(value).strip()
-    if _INT.match(text):
-        return int(text)
-    if _FLOAT.match(text):
-        number = float(text)
-        return int(number) if number.is_integer() and abs(number) < 2**53 else number
-    raise CastError(f"must be a number, got {_shown(value)}")
+        return int(value) if value.is_integer() and abs(value) < 2**53 else float(value)
+    if kind is bool or not isinstance(value, (int, float)):
+        raise CastError(f"must be a number, got {_shown(value)}")
+    return to_number(float(value))
 
 
 def to_boolean(value: Any) -> bool:
     if isinstance(value, bool):
         return value
-    text = str(value).strip().lower()
-    if text in _TRUE:
-        return True
-    if text in _FALSE:
-        return False
+    found = _BOOLEANS.get(str(value).strip().lower())
+    if found is not None:
+        return found
     raise CastError(f"must be a boolean (true/false, yes/no), got {_shown(value)}")
 
 
 def to_date(value: Any, formats: Sequence[str] = DATE_FORMATS) -> str:
+    if type(value) is str and len(value) == 10 and formats is DATE_FORMATS:
+        try:
+            return date.fromisoformat(value).isoformat()  # the common case, in C
+        except ValueError:
+            pass
     if isinstance(value, datetime):
         return value.date().isoformat()
     if isinstance(value, date):
@@ -105,27 +119,30 @@ class Validator:
         self.fields = list(config.fields)
         self.allow_additional = config.allow_additional_fields
         self._keys = {f.key for f in self.fields}
-        self._plans: list[tuple[str, FieldType, bool, frozenset[Any] | None]] = []
+        self._plans: list[tuple[str, Callable[[Any], Any] | None, bool]] = []
         for f in self.fields:
-            options = None
-            if f.type is FieldType.ENUM:
-                options = frozenset(o.value for o in (f.config.options if f.config else []))
-            self._plans.append((f.key, f.type, f.has("required"), options))
+            self._plans.append((f.key, _converter(f), f.has("required")))
         self._unique = [f.key for f in self.fields if f.has("unique")]
 
     def validate(self, row: dict[str, Any]) -> tuple[dict[str, Any], Messages | None]:
         values: dict[str, Any] = {}
         messages: Messages | None = None
-        for key, kind, required, options in self._plans:
-            raw = row.get(key)
+        get = row.get
+        for key, convert, required in self._plans:
+            raw = get(key)
             if raw is None or raw == "":
                 values[key] = None
                 if required:
                     messages = messages or {}
                     messages[key] = [{"type": "error", "message": "is required"}]
                 continue
+            if convert is None:  # a string field given a string: nothing to do
+                if type(raw) is str:
+                    values[key] = raw
+                    continue
+                convert = to_string
             try:
-                values[key] = _cast(kind, raw, options)
+                values[key] = convert(raw)
             except CastError as exc:
                 values[key] = raw
                 messages = messages or {}
@@ -156,6 +173,20 @@ class Validator:
                 seen[key].add(marker)
             out.append((values, messages))
         return out
+
+
+def _converter(f: SheetField) -> Callable[[Any], Any] | None:
+    """The cast of a field's type (None: a string field, the fast path)."""
+    if f.type is FieldType.STRING:
+        return None
+    if f.type is FieldType.NUMBER:
+        return to_number
+    if f.type is FieldType.BOOLEAN:
+        return to_boolean
+    if f.type is FieldType.DATE:
+        return to_date
+    options = frozenset(o.value for o in (f.config.options if f.config else []))
+    return lambda raw: _cast(FieldType.ENUM, raw, options)
 
 
 def _cast(kind: FieldType, raw: Any, options: frozenset[Any] | None) -> Any:
