@@ -399,7 +399,8 @@ def up(
 
     Defaults: ``home``, ``host``, ``api_port`` and ``organization`` from the settings
     (``PREFECT_JOBS_HOME``, ``PREFECT_JOBS_API_HOST``, ``PREFECT_JOBS_API_PORT``,
-    ``PREFECT_JOBS_DEFAULT_ORGANIZATION``); ``prefect_port`` 4200.
+    ``PREFECT_JOBS_DEFAULT_ORGANIZATION``); ``prefect_port`` from ``PREFECT_JOBS_PREFECT_PORT``
+    once the settings have that field, else 4200.
     """
     from jobs_plugin.settings import get_settings
 
@@ -407,7 +408,7 @@ def up(
     config = StackConfig(
         home=(home or settings.home_path).expanduser().resolve(),
         host=host or settings.api_host,
-        prefect_port=DEFAULT_PREFECT_PORT if prefect_port is None else prefect_port,
+        prefect_port=_setting_prefect_port() if prefect_port is None else prefect_port,
         api_port=settings.api_port if api_port is None else api_port,
         organization=organization or settings.default_organization,
     )
@@ -424,6 +425,50 @@ def up(
         stack.echo("stopping")
         stack.stop()
         stack.echo("stopped")
+
+
+def run(
+    home: Path | None = None,
+    *,
+    host: str | None = None,
+    prefect_port: int | None = None,
+    api_port: int | None = None,
+    organization: str | None = None,
+) -> int:
+    """``up`` in the main thread of a command: SIGINT (Ctrl-C) and SIGTERM stop the stack.
+    Returns the exit code; the previous signal handlers are put back."""
+    stop = threading.Event()
+
+    def request_stop(signum: int, frame: FrameType | None) -> None:
+        stop.set()
+
+    previous = {sig: signal.signal(sig, request_stop) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        return up(
+            home,
+            host=host,
+            prefect_port=prefect_port,
+            api_port=api_port,
+            organization=organization,
+            stop=stop,
+        )
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
+def running_api_url(home: Path) -> str | None:
+    """The Prefect API URL of the stack running on ``home``, if one runs (from its state
+    file): what a command should use instead of starting a temporary server on the same
+    database."""
+    try:
+        state = json.loads((home / STATE_FILE).read_text())
+    except (OSError, ValueError):
+        return None
+    if not isinstance(state, dict) or not isinstance(state.get("pid"), int):
+        return None
+    url = state.get("prefectApiUrl")
+    return url if isinstance(url, str) and _pid_alive(state["pid"]) else None
 
 
 # --------------------------------------------------------------------------- helpers
@@ -454,6 +499,14 @@ def ensure_api_key(path: Path, organization: str) -> tuple[str, bool]:
         fh.write(secret + "\n")
     path.chmod(0o600)
     return secret, True
+
+
+def _setting_prefect_port() -> int:
+    """``Settings.prefect_port`` (``PREFECT_JOBS_PREFECT_PORT``) where the settings have it."""
+    from jobs_plugin.settings import get_settings
+
+    port = getattr(get_settings(), "prefect_port", DEFAULT_PREFECT_PORT)
+    return int(port)
 
 
 def _get_ok(url: str) -> bool:
@@ -550,21 +603,13 @@ def main(argv: Sequence[str] | None = None) -> None:
             asyncio.run(serve_job_runner(options.poll_seconds))
         return
     options = _parser().parse_args(args)
-    stop = threading.Event()
-
-    def request_stop(signum: int, frame: FrameType | None) -> None:
-        stop.set()
-
-    signal.signal(signal.SIGINT, request_stop)
-    signal.signal(signal.SIGTERM, request_stop)
     sys.exit(
-        up(
+        run(
             options.home,
             host=options.host,
             prefect_port=options.prefect_port,
             api_port=options.api_port,
             organization=options.organization,
-            stop=stop,
         )
     )
 

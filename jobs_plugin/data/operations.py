@@ -32,6 +32,7 @@ from jobs_plugin.data.models import (
 from jobs_plugin.errors import JobsError, ValidationError
 
 T = TypeVar("T")
+U = TypeVar("U")
 DEFAULT_CHUNK_ROWS = 10_000
 EXPORT_FORMATS = ("csv", "tsv", "jsonl", "xlsx")
 
@@ -132,6 +133,9 @@ class _TableWriter:
                     self.index.append((f.key, by_name[name]))
                     break
         self.width = len(table.columns)
+        # Every column mapped to the field of its position: rows zip straight into dicts.
+        self.in_order = [i for _, i in self.index] == list(range(self.width))
+        self.keys = [key for key, _ in self.index]
         self.last_key = config.fields[-1].key if config.fields else None
         self.extra_keys: list[tuple[str, str]] = []
         if table.keyed and config.allow_additional_fields:
@@ -149,6 +153,8 @@ class _TableWriter:
             row = {key: positional[i] for key, i in self.index}
             for src, key in self.extra_keys:
                 row[key] = cells.get(src)
+        elif self.in_order and len(cells) == self.width:
+            row = dict(zip(self.keys, cells, strict=True))
         else:
             n = len(cells)
             if n != self.width:
@@ -205,12 +211,12 @@ async def extract(
                 skip = state["rows"] if index == state["table"] else 0
                 if skip:
                     await _thread(_consume, table.rows, skip)
-                while True:
-                    state, n = await _thread(
-                        _extract_chunk, org, lineage, position, state, index, writer, size
-                    )
-                    if not n:
-                        break
+                # Chunk k commits (SQLite works without the GIL) while chunk k+1 is read
+                # and validated; commits stay in order, one transaction each.
+                rows = await _thread(_prepare_chunk, writer, size)
+                while rows:
+                    commit = partial(_commit_chunk, org, lineage, position, state, index, rows)
+                    state, rows = await _together(commit, partial(_prepare_chunk, writer, size))
                     await progress.advance(f"{state['records']} records extracted")
             state = await _thread(
                 store.commit_chunk,
@@ -237,33 +243,54 @@ def _consume(rows: Iterator[Any], n: int) -> None:
         pass
 
 
-def _extract_chunk(
+async def _together(first: Callable[[], T], second: Callable[[], U]) -> tuple[T, U]:
+    """Run two blocking calls on two worker threads at once; raise the first one's error
+    (as itself, not in an exception group) after both ended."""
+    results: dict[int, tuple[bool, Any]] = {}
+
+    async def run(slot: int, fn: Callable[[], Any]) -> None:
+        try:
+            results[slot] = (True, await _thread(fn))
+        except Exception as exc:
+            results[slot] = (False, exc)
+
+    async with anyio.create_task_group() as group:
+        group.start_soon(run, 0, first)
+        group.start_soon(run, 1, second)
+    for slot in (0, 1):
+        ok, value = results[slot]
+        if not ok:
+            raise value
+    return results[0][1], results[1][1]
+
+
+def _prepare_chunk(writer: _TableWriter, size: int) -> list[store.Row]:
+    """The next ``size`` rows of the table as validated records (empty at the end)."""
+    record = writer.record
+    return writer.validator.check_unique(
+        [record(where, cells) for where, cells in itertools.islice(writer.table.rows, size)]
+    )
+
+
+def _commit_chunk(
     org: str,
     lineage: str,
     position: int,
     state: dict[str, Any],
     index: int,
-    writer: _TableWriter,
-    size: int,
-) -> tuple[dict[str, Any], int]:
-    batch = list(itertools.islice(writer.table.rows, size))
-    if not batch:
-        return state, 0
-    record = writer.record
-    rows = writer.validator.check_unique([record(where, cells) for where, cells in batch])
-    rows_done = (state["rows"] if state["table"] == index else 0) + len(batch)
+    rows: list[store.Row],
+) -> dict[str, Any]:
     new_state = {
         **state,
         "table": index,
-        "rows": rows_done,
+        "rows": (state["rows"] if state["table"] == index else 0) + len(rows),
         "chunks": state["chunks"] + 1,
-        "records": state["records"] + len(batch),
+        "records": state["records"] + len(rows),
     }
     sheet_id = state["targets"][index]
-    saved = store.commit_chunk(
+    return store.commit_chunk(
         org, lineage, position, state, new_state, store.Chunk(inserts=[(sheet_id, rows)])
     )
-    return saved, len(batch)
 
 
 async def _extract_outcome(ctx: RunContext, state: dict[str, Any]) -> dict[str, Any]:

@@ -37,10 +37,11 @@ def to_number(value: Any) -> int | float:
     kind = type(value)
     if kind is str:
         if "_" not in value:
-            try:
-                return int(value)
-            except ValueError:
-                pass
+            if "." not in value and "e" not in value and "E" not in value:
+                try:
+                    return int(value)
+                except ValueError:
+                    pass
             try:
                 number = float(value)
             except ValueError:

@@ -108,8 +108,9 @@ def test_another_organizations_objects_are_404_or_absent(server_url: str) -> Non
     assert run.status.value == "COMPLETED"
     _, key_a = jp.create_api_key()
     _, key_b = jp.create_api_key(OTHER)
-    secrets_of_a = (job.id, run.id, "test.noop")
-    values = {"jobId": job.id, "runId": run.id, "workflowId": "test.noop"}
+    event_id = jp.list_events(run_id=run.id)[0].id
+    secrets_of_a = (job.id, run.id, "test.noop", event_id)
+    values = {"jobId": job.id, "runId": run.id, "workflowId": "test.noop", "eventId": event_id}
     with api_client(server_url, key_a) as a, api_client(server_url, key_b) as b:
         assert a.get(f"/jobs/{job.id}").status_code == 200
         for method, path in _v1_routes():
