@@ -15,12 +15,15 @@ from typing import Any, TypeVar
 
 from prefect import Flow
 from prefect.utilities.asyncutils import run_coro_as_sync
+from pydantic import BaseModel
+from pydantic.alias_generators import to_camel
 
 from jobs_plugin import catalog, compiler, engine, planner, registry
 from jobs_plugin.errors import ValidationError
 from jobs_plugin.events import Subscription
 from jobs_plugin.models import (
     ApiKeyPublic,
+    DeliveryStatus,
     EventPublic,
     Isolation,
     Job,
@@ -33,15 +36,21 @@ from jobs_plugin.models import (
     JobVersionPublic,
     Page,
     Trigger,
+    WebhookCreate,
+    WebhookDeliveryPublic,
+    WebhookPublic,
+    WebhookUpdate,
     WorkflowCreate,
     WorkflowPublic,
     WorkflowRun,
     WorkflowRunPublic,
+    check_page,
 )
 from jobs_plugin.settings import get_settings
 from jobs_plugin.translation import JobStatus
 
 T = TypeVar("T")
+M = TypeVar("M", bound=BaseModel)
 logger = logging.getLogger("prefect_jobs")
 _bootstrapped: set[str] = set()
 _bootstrap_lock = threading.Lock()
@@ -260,10 +269,7 @@ def list_jobs(
     operation: str | None = None,
     sort_direction: str = "desc",
 ) -> Page[JobPublic]:
-    if page_number < 1:
-        raise ValidationError("pageNumber", "must be 1 or more")
-    if not 1 <= page_size <= 1000:
-        raise ValidationError("pageSize", "must be between 1 and 1000")
+    check_page(page_number, page_size)
     if sort_direction not in ("asc", "desc"):
         raise ValidationError("sortDirection", "must be 'asc' or 'desc'")
     wanted = _status(status)
@@ -278,6 +284,10 @@ def list_jobs(
         sort_direction=sort_direction,
     )
     return page.map(to_public)
+
+
+_NOT_NULL = frozenset({"name", "trigger", "managed", "job_config_json"})
+"""Fields of a job that an update may change but never clear."""
 
 
 def update_job(
@@ -300,6 +310,9 @@ def update_job(
         update = JobUpdate.model_validate(data)
     except Exception as exc:
         raise _validation_error(exc) from exc
+    for name in update.model_fields_set & _NOT_NULL:
+        if getattr(update, name) is None:
+            raise ValidationError(to_camel(name), "must not be null")
     org_id = organization_id(organization)
     current = catalog.get_job(job_id, org_id)
     merged = current.model_copy(update=update.model_dump(exclude_unset=True))
@@ -421,6 +434,7 @@ def list_runs(
     page_number: int = 1,
     page_size: int = 50,
 ) -> Page[JobRunPublic]:
+    check_page(page_number, page_size)
     org_id = organization_id(organization)
     if job_id is not None:
         catalog.get_job(job_id, org_id)
@@ -560,3 +574,93 @@ def organization_for_key(secret: str) -> str:
     """The name of the organization an active API key belongs to (``AuthenticationError``
     otherwise)."""
     return catalog.organization_for_key(secret).name
+
+
+# --------------------------------------------------------------------------- webhooks
+
+
+def _model(cls: type[M], spec: M | dict[str, Any] | None, fields: dict[str, Any]) -> M:
+    data = spec.model_dump(exclude_unset=True) if isinstance(spec, BaseModel) else dict(spec or {})
+    data.update(fields)
+    try:
+        return cls.model_validate(data)
+    except Exception as exc:
+        raise _validation_error(exc) from exc
+
+
+def create_webhook(
+    spec: WebhookCreate | dict[str, Any] | None = None,
+    *,
+    organization: str | None = None,
+    **fields: Any,
+) -> tuple[WebhookPublic, str]:
+    """A webhook (``url``, optional ``topics``, ``secret``) and its signing secret, which is
+    returned this once only (generated when none is given)."""
+    webhook, secret = catalog.create_webhook(
+        organization_id(organization), _model(WebhookCreate, spec, fields)
+    )
+    return WebhookPublic.model_validate(webhook), secret
+
+
+def list_webhooks(*, organization: str | None = None) -> list[WebhookPublic]:
+    return [
+        WebhookPublic.model_validate(w)
+        for w in catalog.list_webhooks(organization_id(organization))
+    ]
+
+
+def get_webhook(webhook_id: str, *, organization: str | None = None) -> WebhookPublic:
+    return WebhookPublic.model_validate(
+        catalog.get_webhook(webhook_id, organization_id(organization))
+    )
+
+
+def update_webhook(
+    webhook_id: str,
+    changes: WebhookUpdate | dict[str, Any] | None = None,
+    *,
+    organization: str | None = None,
+    **fields: Any,
+) -> WebhookPublic:
+    update = _model(WebhookUpdate, changes, fields)
+    if update.url is not None or update.topics is not None:
+        current = catalog.get_webhook(webhook_id, organization_id(organization))
+        _model(  # the same checks as on create
+            WebhookCreate,
+            {"url": update.url or current.url, "topics": update.topics},
+            {},
+        )
+    webhook = catalog.update_webhook(webhook_id, organization_id(organization), update)
+    return WebhookPublic.model_validate(webhook)
+
+
+def delete_webhook(webhook_id: str, *, organization: str | None = None) -> None:
+    catalog.delete_webhook(webhook_id, organization_id(organization))
+
+
+def list_deliveries(
+    webhook_id: str,
+    *,
+    status: DeliveryStatus | str | None = None,
+    limit: int = 100,
+    offset: int = 0,
+    organization: str | None = None,
+) -> list[WebhookDeliveryPublic]:
+    """A webhook's deliveries, oldest event first (``status``: pending, succeeded, failed)."""
+    try:
+        wanted = DeliveryStatus(status) if status is not None else None
+    except ValueError as exc:
+        choices = ", ".join(s.value for s in DeliveryStatus)
+        raise ValidationError("status", f"must be one of {choices}") from exc
+    deliveries = catalog.list_deliveries(
+        webhook_id, organization_id(organization), status=wanted, limit=limit, offset=offset
+    )
+    return [WebhookDeliveryPublic.model_validate(d) for d in deliveries]
+
+
+def retry_delivery(
+    webhook_id: str, delivery_id: str, *, organization: str | None = None
+) -> WebhookDeliveryPublic:
+    """Send a delivery again (a replay), whatever became of it."""
+    delivery = catalog.retry_delivery(delivery_id, webhook_id, organization_id(organization))
+    return WebhookDeliveryPublic.model_validate(delivery)

@@ -52,6 +52,14 @@ class ApiKeyNotFound(NotFoundError):
     kind = "API key"
 
 
+class WebhookNotFound(NotFoundError):
+    kind = "webhook"
+
+
+class DeliveryNotFound(NotFoundError):
+    kind = "webhook delivery"
+
+
 class ValidationError(JobsError):
     """Bad input. ``field`` is the dotted path of the offending field, spelled as on the wire."""
 

@@ -13,6 +13,8 @@ RUN = "us_jr"
 WORKFLOW_RUN = "us_wr"
 EVENT = "us_evt"
 API_KEY = "us_key"
+WEBHOOK = "us_wh"
+DELIVERY = "us_dlv"
 
 
 def new_id(prefix: str) -> str:

@@ -26,6 +26,7 @@ from pydantic import (
 from pydantic.alias_generators import to_camel
 from sqlmodel import Field, SQLModel
 
+from jobs_plugin.errors import ValidationError
 from jobs_plugin.translation import JobStatus, WorkflowRunStatus
 
 T = TypeVar("T")
@@ -237,6 +238,13 @@ class JobBase(SQLModel):
     source: str | None = Field(default=None, max_length=200)
     destination: str | None = Field(default=None, max_length=200)
     trigger: Trigger = Field(default=Trigger.MANUAL, sa_type=_enum(Trigger))
+    managed: bool = Field(
+        default=True,
+        description=(
+            "True: the engine runs the job's workflows. False: the caller does the work and "
+            "reports it (`/ack`, `/complete`, `/fail`), as with Flatfile's unmanaged jobs."
+        ),
+    )
 
 
 class Job(JobBase, table=True):
@@ -275,6 +283,7 @@ class JobUpdate(SQLModel):
     source: str | None = None
     destination: str | None = None
     trigger: Trigger | None = None
+    managed: bool | None = None
     job_config_json: JobConfigJson | None = None
     config: dict[str, Any] | None = None
     input: dict[str, Any] | None = None
@@ -344,6 +353,7 @@ class JobRun(JobRunBase, table=True):
     retry_of: str | None = Field(default=None, max_length=40)
     prefect_flow_run_id: str | None = Field(default=None, max_length=40, index=True)
     cancel_requested_at: datetime | None = _ts(nullable=True)
+    outcome_acknowledged_at: datetime | None = _ts(nullable=True)
     created_by: str | None = Field(default=None, max_length=200)
     created_at: datetime = _ts()
     updated_at: datetime = _ts()
@@ -398,6 +408,7 @@ class JobRunPublic(JobRunBase):
     retry_of: str | None
     prefect_flow_run_id: str | None
     cancel_requested_at: datetime | None
+    outcome_acknowledged_at: datetime | None = None
     created_at: datetime
     updated_at: datetime
     started_at: datetime | None
@@ -445,6 +456,19 @@ class EventPublic(EventBase):
 
 
 # --------------------------------------------------------------------------- pages
+
+
+MAX_PAGE_NUMBER = 1_000_000
+"""The highest page number any list accepts (an offset past it would overflow a database)."""
+MAX_PAGE_SIZE = 1000
+
+
+def check_page(page_number: int, page_size: int, max_size: int = MAX_PAGE_SIZE) -> None:
+    """A ``ValidationError`` naming ``pageNumber`` or ``pageSize`` if either is out of range."""
+    if not 1 <= page_number <= MAX_PAGE_NUMBER:
+        raise ValidationError("pageNumber", f"must be from 1 to {MAX_PAGE_NUMBER}")
+    if not 1 <= page_size <= max_size:
+        raise ValidationError("pageSize", f"must be from 1 to {max_size}")
 
 
 class Page(BaseModel, Generic[T]):
@@ -499,3 +523,131 @@ class ApiKeyPublic(ApiKeyBase):
     created_at: datetime
     last_used_at: datetime | None
     revoked_at: datetime | None
+
+
+# --------------------------------------------------------------------------- webhooks
+
+
+class DeliveryStatus(str, Enum):
+    PENDING = "pending"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    """Given up after ``webhook_max_attempts``; can be retried by hand."""
+
+
+class WebhookBase(SQLModel):
+    url: str = Field(max_length=2000)
+    topics: list[str] | None = Field(
+        default=None,
+        sa_column=sa.Column(sa.JSON, nullable=True),
+        description="Topics to deliver (e.g. `job:completed`); none: every topic.",
+    )
+    description: str | None = Field(default=None, max_length=500)
+    active: bool = True
+
+
+class Webhook(WebhookBase, table=True):
+    id: str = Field(primary_key=True, max_length=40)
+    organization_id: str = Field(foreign_key="organization.id", index=True, max_length=40)
+    secret: str = Field(max_length=200, description="Signs deliveries (HMAC-SHA256).")
+    created_at: datetime = _ts()
+    updated_at: datetime = _ts()
+
+
+class WebhookCreate(WebhookBase):
+    model_config = API_CONFIG
+    secret: str | None = PydanticField(
+        default=None,
+        min_length=16,
+        max_length=200,
+        description="Signing secret; one is generated (and shown once) when none is given.",
+    )
+
+    @field_validator("url")
+    @classmethod
+    def _http_url(cls, url: str) -> str:
+        if not re.match(r"^https?://[^\s/]+", url):
+            raise ValueError("must be an http:// or https:// URL")
+        return url
+
+    @field_validator("topics")
+    @classmethod
+    def _known_topics(cls, topics: list[str] | None) -> list[str] | None:
+        if topics is None:
+            return None
+        unknown = [t for t in topics if not re.match(r"^[a-z]+:[a-z\-]+$", t)]
+        if unknown:
+            raise ValueError(f"not topics: {unknown} (expected e.g. 'job:completed')")
+        return sorted(set(topics))
+
+
+class WebhookUpdate(SQLModel):
+    model_config = API_CONFIG
+    url: str | None = None
+    topics: list[str] | None = None
+    description: str | None = None
+    active: bool | None = None
+
+
+class WebhookPublic(WebhookBase):
+    model_config = API_CONFIG
+    id: str
+    organization_id: str
+    created_at: datetime
+    updated_at: datetime
+
+
+class WebhookDeliveryBase(SQLModel):
+    webhook_id: str = Field(foreign_key="webhook.id", index=True, max_length=40)
+    event_id: str = Field(max_length=40)
+    event_cursor: int
+    topic: str = Field(max_length=60)
+    ordering_key: str = Field(
+        max_length=40, description="Deliveries with one key (a run, else a job) go in order."
+    )
+    status: DeliveryStatus = Field(
+        default=DeliveryStatus.PENDING, sa_type=_enum(DeliveryStatus), index=True
+    )
+    attempts: int = 0
+    last_status_code: int | None = None
+    last_error: str | None = Field(default=None, max_length=1000)
+
+
+class WebhookDelivery(WebhookDeliveryBase, table=True):
+    __tablename__ = "webhook_delivery"
+    __table_args__ = (
+        sa.Index("ix_webhook_delivery_order", "webhook_id", "ordering_key", "event_cursor"),
+    )
+    id: str = Field(primary_key=True, max_length=40)
+    organization_id: str = Field(foreign_key="organization.id", index=True, max_length=40)
+    next_attempt_at: datetime = _ts(index=True)
+    lease_until: datetime | None = _ts(nullable=True)
+    created_at: datetime = _ts()
+    updated_at: datetime = _ts()
+    delivered_at: datetime | None = _ts(nullable=True)
+
+
+class WebhookDeliveryPublic(WebhookDeliveryBase):
+    model_config = API_CONFIG
+    id: str
+    next_attempt_at: datetime
+    created_at: datetime
+    updated_at: datetime
+    delivered_at: datetime | None
+
+
+# --------------------------------------------------------------------------- idempotency
+
+
+class IdempotencyRecord(SQLModel, table=True):
+    """The first response to a request sent with an ``Idempotency-Key`` header."""
+
+    __tablename__ = "idempotency_record"
+    organization_id: str = Field(primary_key=True, max_length=40)
+    key: str = Field(primary_key=True, max_length=200)
+    fingerprint: str = Field(max_length=64, description="sha256 of method, path and body.")
+    status_code: int | None = None
+    response: dict[str, Any] | None = _json()
+    headers: dict[str, Any] | None = _json()
+    created_at: datetime = _ts(index=True)
+    completed_at: datetime | None = _ts(nullable=True)

@@ -42,6 +42,16 @@ class Settings(BaseSettings):
     )
     api_host: str = Field(default="127.0.0.1", description="Address the REST API listens on.")
     api_port: int = Field(default=4300, ge=0, le=65535, description="Port of the REST API.")
+    prefect_port: int = Field(
+        default=4200,
+        ge=1,
+        le=65535,
+        description="Port of the Prefect server and UI that `prefect-jobs up` starts.",
+    )
+    webhook_dispatch: bool = Field(
+        default=True,
+        description="Whether the REST API server also sends webhook deliveries.",
+    )
     webhook_max_attempts: int = Field(
         default=10, ge=1, description="Attempts per webhook delivery before it is given up."
     )

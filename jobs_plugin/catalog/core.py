@@ -13,6 +13,7 @@ from sqlmodel import Session, col, func, select
 from sqlmodel.sql.expression import SelectOfScalar
 
 from jobs_plugin import ids
+from jobs_plugin.catalog import webhooks
 from jobs_plugin.db import read_session, write_session
 from jobs_plugin.errors import (
     ApiKeyNotFound,
@@ -56,6 +57,7 @@ CONFIG_FIELDS = (
     "source",
     "destination",
     "trigger",
+    "managed",
     "job_config_json",
     "config",
     "input",
@@ -800,6 +802,7 @@ def _emit(
     )
     session.add(event)
     session.flush()
+    webhooks.enqueue(session, event)
     return event
 
 

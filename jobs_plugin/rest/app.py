@@ -5,23 +5,38 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
+import anyio
 from fastapi import APIRouter, FastAPI
 
 from jobs_plugin.rest import errors
-from jobs_plugin.rest.routes import events, jobs, runs, workflows
+from jobs_plugin.rest.routes import (
+    events,
+    files,
+    jobs,
+    runs,
+    sheets,
+    webhooks,
+    workbooks,
+    workflows,
+)
 from jobs_plugin.rest.stream import EventHub
 from jobs_plugin.settings import get_settings
+from jobs_plugin.webhooks import Dispatcher
 
 
 @asynccontextmanager
 async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
-    hub = EventHub(get_settings().stream_poll_seconds)
+    settings = get_settings()
+    hub = EventHub(settings.stream_poll_seconds)
     app.state.event_hub = hub
     await hub.start()
+    dispatcher = Dispatcher(settings).start() if settings.webhook_dispatch else None
     try:
         yield
     finally:
         await hub.stop()
+        if dispatcher is not None:
+            await anyio.to_thread.run_sync(dispatcher.stop)
 
 
 def create_app() -> FastAPI:
@@ -34,7 +49,7 @@ def create_app() -> FastAPI:
         lifespan=_lifespan,
     )
     v1 = APIRouter(prefix="/v1")
-    for module in (jobs, runs, events, workflows):
+    for module in (jobs, runs, events, workflows, webhooks, files, workbooks, sheets):
         v1.include_router(module.router)
     app.include_router(v1)
     errors.install(app)

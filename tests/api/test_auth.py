@@ -23,7 +23,12 @@ from tests.api.conftest import api_client
 
 OTHER = "other-org"
 # Routes that create something in the caller's own organization: nothing of another to leak.
-CREATES = {("POST", "/v1/jobs")}
+CREATES = {
+    ("POST", "/v1/jobs"),
+    ("POST", "/v1/files"),
+    ("POST", "/v1/workbooks"),
+    ("POST", "/v1/webhooks"),
+}
 # Streams never end; their isolation is tested in test_events_api.
 STREAMS = {("GET", "/v1/events/stream")}
 
@@ -109,8 +114,23 @@ def test_another_organizations_objects_are_404_or_absent(server_url: str) -> Non
     _, key_a = jp.create_api_key()
     _, key_b = jp.create_api_key(OTHER)
     event_id = jp.list_events(run_id=run.id)[0].id
-    secrets_of_a = (job.id, run.id, "test.noop", event_id)
-    values = {"jobId": job.id, "runId": run.id, "workflowId": "test.noop", "eventId": event_id}
+    file = jp.upload_file(b"x\n1\n", name="a.csv")
+    workbook = jp.create_workbook(name="w", sheets=[{"name": "s", "fields": []}])
+    sheet_id = workbook.sheets[0].id
+    hook, _ = jp.create_webhook(url="http://127.0.0.1:9/hook")
+    delivery = "us_dlv_nonexistent"
+    secrets_of_a = (job.id, run.id, "test.noop", event_id, file.id, workbook.id, sheet_id, hook.id)
+    values = {
+        "jobId": job.id,
+        "runId": run.id,
+        "workflowId": "test.noop",
+        "eventId": event_id,
+        "fileId": file.id,
+        "workbookId": workbook.id,
+        "sheetId": sheet_id,
+        "webhookId": hook.id,
+        "deliveryId": delivery,
+    }
     with api_client(server_url, key_a) as a, api_client(server_url, key_b) as b:
         assert a.get(f"/jobs/{job.id}").status_code == 200
         for method, path in _v1_routes():
@@ -118,7 +138,13 @@ def test_another_organizations_objects_are_404_or_absent(server_url: str) -> Non
                 continue
             url = re.sub(r"\{(\w+)\}", lambda m: values[m.group(1)], path.removeprefix("/v1"))
             body = {"name": "x"} if method in ("PATCH", "PUT") else None
-            response = b.request(method, url, json=body)
+            if path == "/v1/sheets/{sheetId}/records" and method in ("POST", "PUT"):
+                body = [{"id": "us_rc_1", "values": {}}] if method == "PUT" else [{}]
+            params = {"workbookId": workbook.id} if path == "/v1/sheets" else None
+            response = b.request(method, url, json=body, params=params)
+            if path == "/v1/sheets":  # a list filtered by A's workbook: 404 for B
+                assert response.status_code == 404, (method, path, response.text)
+                continue
             if "{" in path:
                 assert response.status_code == 404, (method, path, response.text)
             else:
@@ -154,6 +180,7 @@ def test_cli_keys_create_prints_a_working_key(server_url: str) -> None:
 def test_migrations_reach_the_api_key_table(any_catalog_url: str) -> None:
     from alembic import command
     from alembic.config import Config
+    from alembic.script import ScriptDirectory
 
     catalog = db.get_catalog()
     config = Config()
@@ -169,6 +196,6 @@ def test_migrations_reach_the_api_key_table(any_catalog_url: str) -> None:
         assert "api_key" in sa.inspect(conn).get_table_names()
         query = "SELECT version_num FROM prefect_jobs_alembic_version"
         version = conn.execute(sa.text(query)).scalar()
-    assert version == "0002"
+    assert version == ScriptDirectory.from_config(config).get_current_head()
     _, secret = jp.create_api_key()
     assert jp.api.organization_for_key(secret) == jp.get_settings().default_organization
