@@ -21,6 +21,7 @@ os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
 
 import jobs_plugin as jp
 from jobs_plugin import db
+from jobs_plugin.data import store as data_store
 from jobs_plugin.settings import get_settings
 
 POSTGRES_ADMIN_URL = os.environ.get(
@@ -57,7 +58,13 @@ def catalog_url(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[str
     _use_catalog(monkeypatch, url, tmp_path / "home")
     jp.register_module("tests.workflows")
     yield url
+    _dispose()
+
+
+def _dispose() -> None:
+    """Close the catalog's and the data store's connections (their files go with tmp_path)."""
     db.dispose_all()
+    data_store.dispose_all()
 
 
 def _postgres_database() -> str:
@@ -98,6 +105,7 @@ def any_catalog_url(
     jp.register_module("tests.workflows")
     yield url
     if request.param == "postgresql":
+        data_store.dispose_all()
         _drop_postgres_database(url)
     else:
-        db.dispose_all()
+        _dispose()

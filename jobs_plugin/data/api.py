@@ -39,7 +39,7 @@ from jobs_plugin.data.models import (
     record_seq,
 )
 from jobs_plugin.errors import ValidationError
-from jobs_plugin.models import Page
+from jobs_plugin.models import Page, check_page
 
 MAX_PAGE_SIZE = 10_000
 
@@ -322,10 +322,7 @@ def get_records(
     organization: str | None = None,
 ) -> RecordsPage:
     """One page of a sheet's records with Flatfile's filters (see ``store.RecordQuery``)."""
-    if not 1 <= page_size <= MAX_PAGE_SIZE:
-        raise ValidationError("pageSize", f"must be from 1 to {MAX_PAGE_SIZE}")
-    if page_number < 1:
-        raise ValidationError("pageNumber", "must be at least 1")
+    check_page(page_number, page_size, MAX_PAGE_SIZE)
     org = organization_id(organization)
     query = store.RecordQuery(
         filter=filter,

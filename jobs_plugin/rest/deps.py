@@ -9,6 +9,7 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from jobs_plugin import api
 from jobs_plugin.errors import AuthenticationError
+from jobs_plugin.models import MAX_PAGE_NUMBER, MAX_PAGE_SIZE
 
 _bearer = HTTPBearer(
     auto_error=False,
@@ -29,8 +30,8 @@ def get_organization(
 
 
 OrganizationDep = Annotated[str, Depends(get_organization)]
-PageNumber = Annotated[int, Query(alias="pageNumber", ge=1)]
-PageSize = Annotated[int, Query(alias="pageSize", ge=1, le=1000)]
+PageNumber = Annotated[int, Query(alias="pageNumber", ge=1, le=MAX_PAGE_NUMBER)]
+PageSize = Annotated[int, Query(alias="pageSize", ge=1, le=MAX_PAGE_SIZE)]
 JobId = Annotated[str, Path(alias="jobId")]
 RunId = Annotated[str, Path(alias="runId")]
 WorkflowId = Annotated[str, Path(alias="workflowId")]

@@ -9,7 +9,7 @@ from fastapi import APIRouter, Body, Path, Query
 from fastapi.responses import StreamingResponse
 
 from jobs_plugin.data import api as data
-from jobs_plugin.rest.deps import OrganizationDep
+from jobs_plugin.rest.deps import OrganizationDep, PageNumber
 from jobs_plugin.rest.envelopes import SUCCESS, dump, one, whole
 
 router = APIRouter(prefix="/sheets", tags=["sheets"])
@@ -39,7 +39,7 @@ def get_records(
     sheet_id: SheetId,
     organization: OrganizationDep,
     page_size: Annotated[int, Query(alias="pageSize", ge=1, le=data.MAX_PAGE_SIZE)] = 10_000,
-    page_number: Annotated[int, Query(alias="pageNumber", ge=1)] = 1,
+    page_number: PageNumber = 1,
     filter: Filter = "all",
     filter_field: FilterField = None,
     search_value: SearchValue = None,

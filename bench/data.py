@@ -1,0 +1,232 @@
+"""Extract and export of a generated CSV (10 columns) through real jobs, side by side with the
+``sqlite3`` command line's ``.import`` and ``.mode csv`` export of the same file.
+
+Each measurement runs in a fresh child process, so its peak memory (max RSS) is its own:
+ours runs the operation job (Prefect's temporary local server is started and warmed up
+first, outside the timing); the baseline is the ``sqlite3`` binary (or, where it is missing,
+Python's ``sqlite3`` module with ``executemany``, said so in the report).
+
+    .venv/bin/python bench/data.py                       # 100k and 1M rows
+    .venv/bin/python bench/data.py --rows 20000          # a quick run
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import os
+import random
+import resource
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from datetime import date, timedelta
+from pathlib import Path
+from typing import Any
+
+HEADER = ["id", "name", "email", "amount", "quantity", "active", "joined", "city", "code", "note"]
+CITIES = ["Paris", "Lyon", "Zürich", "Montréal", "Berlin", "Oslo", "Lisbon", "Porto"]
+
+
+def generate(path: Path, rows: int, seed: int = 7) -> None:
+    rnd = random.Random(seed)
+    start = date(2020, 1, 1)
+    with open(path, "w", newline="", encoding="utf-8") as fh:
+        writer = csv.writer(fh)
+        writer.writerow(HEADER)
+        for i in range(rows):
+            writer.writerow(
+                [
+                    i,
+                    f"name {i}",
+                    f"user{i}@example.com",
+                    f"{rnd.random() * 1000:.2f}",
+                    rnd.randint(1, 50),
+                    rnd.choice(("true", "false")),
+                    (start + timedelta(days=i % 2000)).isoformat(),
+                    rnd.choice(CITIES),
+                    f"C{rnd.randint(0, 99999):05d}",
+                    "a note, with a comma" if i % 10 == 0 else "plain",
+                ]
+            )
+
+
+def _max_rss_mb(who: int) -> float:
+    return resource.getrusage(who).ru_maxrss / 1024  # Linux: KiB
+
+
+# --------------------------------------------------------------------------- children
+
+
+def child_ours(csv_path: str, home: str, chunk: int) -> dict[str, Any]:
+    os.environ["PREFECT_JOBS_HOME"] = home
+    os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
+    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+    from prefect.testing.utilities import prefect_test_harness
+
+    import jobs_plugin as jp
+    from jobs_plugin.data import api as data
+
+    def run(operation: str, source: str, job_type: str, config: dict[str, Any]) -> Any:
+        job = jp.create_job(
+            name=f"bench {operation}",
+            type=job_type,
+            operation=operation,
+            source=source,
+            config=config,
+        )
+        t0 = time.perf_counter()
+        result = jp.execute(job.id)
+        elapsed = time.perf_counter() - t0
+        assert result.status.value == "COMPLETED", result.outcome
+        return result, elapsed
+
+    with prefect_test_harness(server_startup_timeout=180):
+        warm = data.upload_file(b"a,b\n1,2\n", name="warm.csv")
+        run("extract", warm.id, "file", {})
+        rss_before = _max_rss_mb(resource.RUSAGE_SELF)
+        file = data.upload_file(csv_path)
+        extracted, extract_s = run("extract", file.id, "file", {"chunkSize": chunk})
+        rss_extract = _max_rss_mb(resource.RUSAGE_SELF)
+        sheet_id = extracted.outcome["sheetIds"][0]
+        exported, export_s = run("export", sheet_id, "sheet", {"chunkSize": chunk})
+        out_size = data.get_file(exported.outcome["fileId"]).size
+        return {
+            "extract_s": extract_s,
+            "export_s": export_s,
+            "records": extracted.outcome["recordCount"],
+            "parts": extracted.parts,
+            "export_bytes": out_size,
+            "rss_after_warmup_mb": rss_before,
+            "rss_extract_mb": rss_extract,
+            "rss_mb": _max_rss_mb(resource.RUSAGE_SELF),
+        }
+
+
+def child_sqlite_cli(csv_path: str, workdir: str) -> dict[str, Any]:
+    db = Path(workdir) / "baseline.db"
+    out = Path(workdir) / "baseline-export.csv"
+    t0 = time.perf_counter()
+    subprocess.run(["sqlite3", str(db), ".mode csv", f".import {csv_path} t"], check=True)
+    import_s = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    subprocess.run(
+        ["sqlite3", str(db), ".headers on", ".mode csv", f".output {out}", "SELECT * FROM t;"],
+        check=True,
+    )
+    export_s = time.perf_counter() - t0
+    return {
+        "extract_s": import_s,
+        "export_s": export_s,
+        "export_bytes": out.stat().st_size,
+        "rss_mb": _max_rss_mb(resource.RUSAGE_CHILDREN),
+    }
+
+
+def child_sqlite_module(csv_path: str, workdir: str) -> dict[str, Any]:
+    import sqlite3
+
+    db = sqlite3.connect(Path(workdir) / "baseline.db")
+    t0 = time.perf_counter()
+    with open(csv_path, newline="", encoding="utf-8") as fh:
+        reader = csv.reader(fh)
+        header = next(reader)
+        columns = ", ".join(f'"{c}"' for c in header)
+        db.execute(f"CREATE TABLE t ({columns})")
+        marks = ", ".join("?" * len(header))
+        db.executemany(f"INSERT INTO t VALUES ({marks})", reader)
+    db.commit()
+    import_s = time.perf_counter() - t0
+    out = Path(workdir) / "baseline-export.csv"
+    t0 = time.perf_counter()
+    with open(out, "w", newline="", encoding="utf-8") as fh:
+        writer = csv.writer(fh)
+        cursor = db.execute("SELECT * FROM t")
+        writer.writerow([d[0] for d in cursor.description])
+        writer.writerows(cursor)
+    export_s = time.perf_counter() - t0
+    return {
+        "extract_s": import_s,
+        "export_s": export_s,
+        "export_bytes": out.stat().st_size,
+        "rss_mb": _max_rss_mb(resource.RUSAGE_SELF),
+    }
+
+
+def _spawn(args: list[str]) -> dict[str, Any]:
+    result = subprocess.run(
+        [sys.executable, __file__, "--child", *args], capture_output=True, text=True, check=False
+    )
+    if result.returncode != 0:
+        raise SystemExit(f"child {args[0]} failed:\n{result.stderr[-4000:]}")
+    last = result.stdout.strip().splitlines()[-1]
+    measured: dict[str, Any] = json.loads(last)
+    return measured
+
+
+# --------------------------------------------------------------------------- report
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument(
+        "--rows", type=int, nargs="+", default=[100_000, 1_000_000], help="Row counts to run."
+    )
+    parser.add_argument("--chunk", type=int, default=10_000, help="Rows per chunk (part).")
+    parser.add_argument("--keep", action="store_true", help="Keep the scratch folder.")
+    parser.add_argument("--child", nargs="+", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.child:
+        kind, *rest = args.child
+        if kind == "ours":
+            measured = child_ours(rest[0], rest[1], int(rest[2]))
+        elif kind == "cli":
+            measured = child_sqlite_cli(rest[0], rest[1])
+        else:
+            measured = child_sqlite_module(rest[0], rest[1])
+        print(json.dumps(measured))
+        return
+
+    baseline = "cli" if shutil.which("sqlite3") else "module"
+    label = (
+        "sqlite3 CLI (.import / .mode csv)"
+        if baseline == "cli"
+        else "Python sqlite3 executemany (no sqlite3 binary found: apt-get install sqlite3)"
+    )
+    scratch = Path(tempfile.mkdtemp(prefix="prefect-jobs-bench-"))
+    print(f"baseline: {label}; chunk: {args.chunk} rows; scratch: {scratch}")
+    header = (
+        f"{'rows':>9} {'MB':>6} | {'extract r/s':>11} {'sqlite3 r/s':>11} {'ratio':>5} | "
+        f"{'export r/s':>11} {'sqlite3 r/s':>11} {'ratio':>5} | {'peak MB':>7} {'sqlite3 MB':>10}"
+    )
+    print(header)
+    print("-" * len(header))
+    try:
+        for rows in args.rows:
+            folder = scratch / str(rows)
+            folder.mkdir()
+            path = folder / "data.csv"
+            generate(path, rows)
+            size_mb = path.stat().st_size / 1e6
+            base = _spawn([baseline, str(path), str(folder)])
+            ours = _spawn(["ours", str(path), str(folder / "home"), str(args.chunk)])
+            assert ours["records"] == rows, ours
+            ex, bex = rows / ours["extract_s"], rows / base["extract_s"]
+            out, bout = rows / ours["export_s"], rows / base["export_s"]
+            print(
+                f"{rows:>9} {size_mb:>6.1f} | {ex:>11,.0f} {bex:>11,.0f} {ex / bex:>5.2f} | "
+                f"{out:>11,.0f} {bout:>11,.0f} {out / bout:>5.2f} | "
+                f"{ours['rss_mb']:>7.0f} {base['rss_mb']:>10.0f}"
+            )
+            print(f"          ours: {json.dumps(ours)}")
+            print(f"          base: {json.dumps(base)}")
+    finally:
+        if not args.keep:
+            shutil.rmtree(scratch, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,82 @@
+"""The data store module on SQLite and PostgreSQL: its own migrations and version table,
+tenant isolation, chunk commits guarded by their checkpoint, and undo of a step."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import sqlalchemy as sa
+
+from jobs_plugin.data import store
+from jobs_plugin.data.models import SheetConfig, SheetNotFound, record_id, record_seq
+from jobs_plugin.settings import get_settings
+from tests.conftest import _drop_postgres_database, _postgres_database
+
+ORG, OTHER = "us_org_a", "us_org_b"
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def data_url(
+    request: pytest.FixtureRequest, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> Iterator[str]:
+    url = f"sqlite:///{tmp_path / 'data.db'}" if request.param == "sqlite" else _postgres_database()
+    monkeypatch.setenv("PREFECT_JOBS_DATA_URL", url)
+    monkeypatch.setenv("PREFECT_JOBS_HOME", str(tmp_path / "home"))
+    get_settings.cache_clear()
+    yield url
+    store.dispose_all()
+    if request.param == "postgresql":
+        _drop_postgres_database(url)
+
+
+def test_store_round_trip(data_url: str) -> None:
+    config = SheetConfig(name="S", fields=[{"key": "n", "type": "number"}, {"key": "w"}])
+    workbook, [sheet] = store.create_workbook(ORG, name="W", sheets=[config])
+    with store.get_store().reader.connect() as conn:
+        version = conn.exec_driver_sql(
+            "SELECT version_num FROM prefect_jobs_data_alembic_version"
+        ).scalar()
+    assert version == "0001"
+
+    rows = [
+        ({"n": i, "w": f"word {i}"}, None if i % 3 else {"n": [{"message": "x"}]})
+        for i in range(10)
+    ]
+    state = store.commit_chunk(
+        ORG, "lin", 0, None, {"k": 1}, store.Chunk(inserts=[(sheet.id, rows)])
+    )
+    assert state["ranges"][0][0] == sheet.id
+    with pytest.raises(store.CheckpointConflict):  # a stale writer of the same step
+        store.commit_chunk(ORG, "lin", 0, None, {"k": 1}, store.Chunk(inserts=[(sheet.id, rows)]))
+    assert store.count_records(ORG, sheet.id) == 10
+
+    query = store.RecordQuery(filter="error", sort_field="n", sort_direction="desc")
+    _, found, total = store.query_records(ORG, sheet.id, query)
+    assert total == 4 and [r._mapping["values"]["n"] for r in found] == [9, 6, 3, 0]
+    _, found, _ = store.query_records(
+        ORG, sheet.id, store.RecordQuery(search_value="WORD 7", search_field="w")
+    )
+    assert [r._mapping["values"]["n"] for r in found] == [7]
+    _, found, _ = store.query_records(ORG, sheet.id, store.RecordQuery(filter_field="n"))
+    assert len(found) == 4
+    seq = int(found[0].seq)
+    assert record_seq(record_id(seq)) == seq
+    assert store.record_counts(ORG, sheet.id).model_dump() == {"total": 10, "valid": 6, "error": 4}
+
+    with pytest.raises(SheetNotFound):
+        store.get_sheet(OTHER, sheet.id)
+    with pytest.raises(SheetNotFound):
+        store.insert_records(OTHER, sheet.id, rows)
+
+    store.commit_chunk(
+        ORG, "lin", 0, state, {**state, "k": 2}, store.Chunk(inserts=[(sheet.id, rows)])
+    )
+    store.insert_records(ORG, sheet.id, rows[:1])  # not the step's: survives the undo
+    store.undo_step(ORG, "lin", 0, drop_workbook=False)
+    assert store.count_records(ORG, sheet.id) == 1
+    assert store.get_checkpoint("lin", 0) is None
+    store.delete_workbook(ORG, workbook.id)
+    with store.get_store().reader.connect() as conn:
+        assert conn.execute(sa.text("SELECT count(*) FROM data_record")).scalar() == 0
