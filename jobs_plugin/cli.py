@@ -39,6 +39,7 @@ from typer.core import TyperGroup
 
 import jobs_plugin as jp
 from jobs_plugin import engine
+from jobs_plugin.cli_data import files_app, records_app, workbooks_app
 from jobs_plugin.errors import InvalidTransition, JobsError, ValidationError
 from jobs_plugin.models import (
     EventPublic,
@@ -162,15 +163,23 @@ def _embedded_prefect() -> Iterator[None]:
     keep its SQLite database under our home folder (unless ``PREFECT_HOME`` is set) and give a
     cold start the time it takes on a small machine."""
     from prefect.settings import (
+        PREFECT_API_URL,
         PREFECT_HOME,
         PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS,
         get_current_settings,
         temporary_settings,
     )
 
+    from jobs_plugin import stack
+
     current = get_current_settings()
     if current.api.url:
         yield
+        return
+    running = stack.running_api_url(get_settings().home_path)
+    if running:  # `prefect-jobs up` serves this home: use its server, never a second one
+        with temporary_settings(updates={PREFECT_API_URL: running}):
+            yield
         return
     updates: dict[Any, Any] = {
         PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS: max(
@@ -1113,10 +1122,37 @@ def api_server(
     uvicorn.run(create_app(), host=host, port=port)
 
 
+@app.command()
+def up(
+    ctx: typer.Context,
+    host: Annotated[
+        str | None, typer.Option("--host", help="Interface to listen on [PREFECT_JOBS_API_HOST].")
+    ] = None,
+    prefect_port: Annotated[
+        int | None,
+        typer.Option("--prefect-port", help="Prefect server and UI [PREFECT_JOBS_PREFECT_PORT]."),
+    ] = None,
+    api_port: Annotated[
+        int | None, typer.Option("--api-port", help="REST API [PREFECT_JOBS_API_PORT].")
+    ] = None,
+) -> None:
+    """Start the Prefect server and UI, the REST API and the job runner (Ctrl-C stops all).
+
+    Everything stays under the home folder; running it again reuses it."""
+    from jobs_plugin import stack
+
+    raise typer.Exit(
+        stack.run(host=host, prefect_port=prefect_port, api_port=api_port, organization=_org(ctx))
+    )
+
+
 # --------------------------------------------------------------------------- API keys
 
 keys_app = typer.Typer(no_args_is_help=True, help="API keys of the REST API.")
 app.add_typer(keys_app, name="keys")
+app.add_typer(files_app, name="files")
+app.add_typer(workbooks_app, name="workbooks")
+app.add_typer(records_app, name="records")
 OrgOption = Annotated[
     str | None,
     typer.Option(

@@ -36,6 +36,7 @@ import subprocess
 import sys
 import threading
 import time
+import traceback
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -362,8 +363,8 @@ class Stack:
         return 0
 
     def stop(self) -> None:
-        """SIGTERM every child's process group (last started first), SIGKILL what remains
-        after the grace period, and forget the state file."""
+        """Send each child's process group its stop signal (last started first), SIGKILL what
+        remains after the grace period, and forget the state file."""
         for child in reversed(self.children):
             child.signal_group(child.stop_signal)
         deadline = time.monotonic() + self.config.stop_grace_seconds
@@ -419,6 +420,13 @@ def up(
         except StackError as exc:
             stack.echo(f"error: {exc}")
             return 0 if stack.stop_requested.is_set() else 1
+        except Exception as exc:  # the catalog or the key: the details go to a log file
+            log = config.log_dir / "up.log"
+            log.parent.mkdir(parents=True, exist_ok=True)
+            with log.open("a") as fh:
+                traceback.print_exc(file=fh)
+            stack.echo(f"error: could not start: {exc.__class__.__name__}: {exc} (see {log})")
+            return 1
         stack.echo(stack.banner())
         return stack.watch()
     finally:

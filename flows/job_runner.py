@@ -1,0 +1,57 @@
+"""The job runner: the one Prefect flow every prefect-jobs deployment runs.
+
+A flow run of the ``job-runner`` deployment (``prefect.yaml`` for a process work pool,
+``deployments/serve.py`` or ``prefect-jobs up`` for a local runner) loads a job from the
+catalog, compiles it and runs it. The runner's flow run ends as the job run does: Completed,
+Failed (the flow raises ``JobRunFailed``) or Cancelled.
+
+The catalog it reads is the one the runner's process is configured for
+(``PREFECT_JOBS_HOME`` / ``PREFECT_JOBS_DATABASE_URL``): a worker or runner must be started with
+the same environment as the code that creates the jobs.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from prefect import flow
+from prefect.states import Cancelled
+
+import jobs_plugin as jp
+
+FLOW_NAME = "prefect-jobs: run job"
+DEPLOYMENT_NAME = "job-runner"
+DEPLOYMENT = f"{FLOW_NAME}/{DEPLOYMENT_NAME}"
+"""The full name ``run_deployment`` and ``prefect deployment run`` take."""
+
+
+class JobRunFailed(Exception):
+    """The job run ended FAILED; the message is its outcome."""
+
+
+@flow(
+    name=FLOW_NAME,
+    flow_run_name="run job {job_id}",
+    description="Load a job from the prefect-jobs catalog, compile it and run it.",
+    persist_result=False,
+)
+async def run_job(
+    job_id: str,
+    run_id: str | None = None,
+    version: int | None = None,
+    organization: str | None = None,
+) -> Any:
+    """Execute job ``job_id`` (its current version, or ``version``) for ``organization``
+    (default: the settings' default organization) and return the run's final status.
+
+    ``run_id``: an existing PLANNING run to execute instead of a new one. Reserved: it is
+    ignored for now, and a new run is always created.
+    """
+    run = await jp.aexecute(job_id, version=version, organization=organization)
+    outcome = (run.outcome or {}).get("message")
+    summary = f"job run {run.id} ended {run.status.value}" + (f": {outcome}" if outcome else "")
+    if run.status is jp.JobStatus.FAILED:
+        raise JobRunFailed(summary)
+    if run.status is jp.JobStatus.CANCELED:
+        return Cancelled(message=summary)
+    return run.status.value
