@@ -378,8 +378,8 @@ def profile(key: str, calls: int, out: TextIO) -> dict[str, float]:
     job_ids: list[str] = []
 
     def create() -> Any:
-        organization = jp.organization_for_key(key)
-        result = routes.create_job(JobCreate.model_validate(JOB_BODY), organization)
+        organization, actor = jp.api.authenticate(key)
+        result = routes.create_job(JobCreate.model_validate(JOB_BODY), organization, actor)
         job_ids.append(result["data"]["id"])
         return result
 

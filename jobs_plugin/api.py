@@ -7,6 +7,7 @@ Every function takes an optional ``organization`` (a name; default: the settings
 
 from __future__ import annotations
 
+import getpass
 import logging
 import threading
 from collections.abc import Callable, Coroutine
@@ -206,6 +207,25 @@ def _job_spec(spec: JobCreate | dict[str, Any] | None, fields: dict[str, Any]) -
         raise _validation_error(exc) from exc
 
 
+def _named(spec: JobCreate) -> JobCreate:
+    """``spec`` with its name, which a job with an operation may leave out (as Flatfile's
+    clients do): ``"<operation> <type> <source>"``."""
+    if spec.name is not None:
+        return spec
+    if spec.operation is None:
+        raise ValidationError("name", "is required for a job without an operation")
+    parts = [spec.operation.value, spec.type.value if spec.type else None, spec.source]
+    return spec.model_copy(update={"name": " ".join(p for p in parts if p)[:200]})
+
+
+def local_actor() -> str:
+    """The actor of what a local caller (the Python API, the CLI) does: ``local:<OS user>``."""
+    try:
+        return f"local:{getpass.getuser()}"
+    except (KeyError, OSError):  # no user name in this environment (some containers)
+        return "local"
+
+
 def create_job(
     spec: JobCreate | dict[str, Any] | None = None,
     *,
@@ -220,8 +240,9 @@ def create_job(
     is written. A ``trigger="immediate"`` job starts a run at once (``wait=True`` blocks until
     it ends).
     """
-    job_spec = _job_spec(spec, fields)
+    job_spec = _named(_job_spec(spec, fields))
     org_id = organization_id(organization)
+    actor = actor or local_actor()
     _validate(job_spec, org_id)
     job = catalog.create_job(org_id, job_spec, actor=actor)
     if job.trigger is Trigger.IMMEDIATE:
@@ -319,7 +340,9 @@ def update_job(
     if update.job_config_json is not None:
         merged.job_config_json = update.job_config_json.model_dump(by_alias=True, mode="json")
     _validate(merged, org_id)
-    job = catalog.update_job(job_id, org_id, update, expected_version=expected_version, actor=actor)
+    job = catalog.update_job(
+        job_id, org_id, update, expected_version=expected_version, actor=actor or local_actor()
+    )
     return to_public(job)
 
 
@@ -573,7 +596,14 @@ def revoke_api_key(key_id: str, *, organization: str | None = None) -> ApiKeyPub
 def organization_for_key(secret: str) -> str:
     """The name of the organization an active API key belongs to (``AuthenticationError``
     otherwise)."""
-    return catalog.organization_for_key(secret).name
+    return catalog.organization_for_key(secret)[0].name
+
+
+def authenticate(secret: str) -> tuple[str, str]:
+    """The organization name and the key id of an active API key (``AuthenticationError``
+    otherwise); the key id is the actor of what a request does (a job's ``createdBy``)."""
+    organization, key_id = catalog.organization_for_key(secret)
+    return organization.name, key_id
 
 
 # --------------------------------------------------------------------------- webhooks

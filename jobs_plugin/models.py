@@ -230,6 +230,14 @@ class JobConfigJson(SQLModel):
 # --------------------------------------------------------------------------- job
 
 
+WORKFLOW_JOB_TYPE = "space"
+"""``type`` of a job without one (it runs its ``workflowExecutionOrder``) on Flatfile's wire."""
+WORKFLOW_JOB_OPERATION = "workflows"
+"""``operation`` of a job without one on Flatfile's wire."""
+UNKNOWN_ACTOR = "unknown"
+"""``createdBy`` of a job whose creator was not recorded."""
+
+
 class JobBase(SQLModel):
     name: str = Field(min_length=1, max_length=200)
     source_provider: str | None = Field(default=None, max_length=200)
@@ -266,6 +274,12 @@ class Job(JobBase, table=True):
 
 class JobCreate(JobBase):
     model_config = API_CONFIG
+    name: str | None = Field(  # type: ignore[assignment]
+        default=None,
+        min_length=1,
+        max_length=200,
+        description="Required unless the job has an `operation` (then it defaults to one).",
+    )
     job_config_json: JobConfigJson = PydanticField(default_factory=JobConfigJson)
     config: dict[str, Any] | None = None
     input: dict[str, Any] | None = None

@@ -496,7 +496,7 @@ def ensure_api_key(path: Path, organization: str) -> tuple[str, bool]:
         secret = ""
     if secret:
         try:
-            if api.organization_for_key(secret) == organization:
+            if api.authenticate(secret)[0] == organization:
                 return secret, False
         except JobsError:
             pass

@@ -26,6 +26,8 @@ from jobs_plugin.errors import (
     WorkflowNotFound,
 )
 from jobs_plugin.models import (
+    WORKFLOW_JOB_OPERATION,
+    WORKFLOW_JOB_TYPE,
     ApiKey,
     Event,
     Job,
@@ -217,9 +219,14 @@ def list_jobs(
         query = query.where(Job.status == status)
     if source_provider is not None:
         query = query.where(Job.source_provider == source_provider)
-    if type is not None:
+    # Workflow jobs have neither; Flatfile's clients know them by their wire defaults.
+    if type == WORKFLOW_JOB_TYPE:
+        query = query.where(col(Job.type).is_(None))
+    elif type is not None:
         query = query.where(Job.type == type)
-    if operation is not None:
+    if operation == WORKFLOW_JOB_OPERATION:
+        query = query.where(col(Job.operation).is_(None))
+    elif operation is not None:
         query = query.where(Job.operation == operation)
     order = col(Job.created_at).asc() if sort_direction == "asc" else col(Job.created_at).desc()
     with read_session() as session:
@@ -958,17 +965,18 @@ def create_api_key(organization_id: str, name: str | None = None) -> tuple[ApiKe
     return key, secret
 
 
-def organization_for_key(secret: str) -> Organization:
-    """The organization of an active key; ``AuthenticationError`` for an unknown or revoked one."""
+def organization_for_key(secret: str) -> tuple[Organization, str]:
+    """The organization of an active key and the key's id; ``AuthenticationError`` for an
+    unknown or revoked one."""
     with read_session() as session:
         found = session.exec(
-            select(Organization)
+            select(Organization, ApiKey.id)
             .join(ApiKey, col(ApiKey.organization_id) == col(Organization.id))
             .where(ApiKey.key_hash == hash_key(secret), col(ApiKey.revoked_at).is_(None))
         ).first()
     if found is None:
         raise AuthenticationError("invalid or revoked API key")
-    return found
+    return found[0], found[1]
 
 
 def list_api_keys(organization_id: str) -> list[ApiKey]:

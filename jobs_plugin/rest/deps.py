@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Annotated
 
 from fastapi import Depends, Path, Query
@@ -18,18 +19,40 @@ _bearer = HTTPBearer(
 )
 
 
-def get_organization(
+@dataclass(frozen=True)
+class Caller:
+    """Who sends a request: the organization of its API key, and the key's id (the actor)."""
+
+    organization: str
+    actor: str
+
+
+def get_caller(
     credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
-) -> str:
-    """The name of the organization a request acts for: the one its ``Authorization: Bearer``
-    API key belongs to. A missing, unknown or revoked key is an ``AuthenticationError`` (401).
-    """
+) -> Caller:
+    """The caller of a request, from its ``Authorization: Bearer`` API key. A missing, unknown
+    or revoked key is an ``AuthenticationError`` (401)."""
     if credentials is None:
         raise AuthenticationError("missing API key: send 'Authorization: Bearer <key>'")
-    return api.organization_for_key(credentials.credentials)
+    organization, key_id = api.authenticate(credentials.credentials)
+    return Caller(organization, key_id)
+
+
+CallerDep = Annotated[Caller, Depends(get_caller)]
+
+
+def get_organization(caller: CallerDep) -> str:
+    """The name of the organization a request acts for."""
+    return caller.organization
+
+
+def get_actor(caller: CallerDep) -> str:
+    """The id of the API key a request was sent with: what it creates is ``createdBy`` it."""
+    return caller.actor
 
 
 OrganizationDep = Annotated[str, Depends(get_organization)]
+ActorDep = Annotated[str, Depends(get_actor)]
 PageNumber = Annotated[int, Query(alias="pageNumber", ge=1, le=MAX_PAGE_NUMBER)]
 PageSize = Annotated[int, Query(alias="pageSize", ge=1, le=MAX_PAGE_SIZE)]
 JobId = Annotated[str, Path(alias="jobId")]

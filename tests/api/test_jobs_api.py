@@ -212,3 +212,43 @@ def test_cli_api_command_serves_the_api(catalog_url: str) -> None:
     finally:
         server.terminate()
         server.wait(timeout=30)
+
+
+def test_flatfile_shaped_create_needs_no_name_and_reads_back_complete(client: httpx.Client) -> None:
+    """Flatfile's clients send no ``name``; every job reads back with the fields Flatfile's
+    ``Job`` requires (``createdBy``, ``type``, ``operation``, ``source``), never null."""
+    noname = client.post("/jobs", json={"type": "sheet", "operation": "delete", "source": "s1"})
+    assert noname.status_code == 201
+    assert noname.json()["data"]["name"] == "delete sheet s1"
+    workflow_job = client.post("/jobs", json=_job_body()).json()["data"]
+    assert workflow_job["type"] == "space"
+    assert workflow_job["operation"] == "workflows"
+    assert workflow_job["source"] == workflow_job["organizationId"]
+    assert workflow_job["createdBy"].startswith("us_key_")
+    assert workflow_job["createdBy"] in {k.id for k in jp.list_api_keys()}
+    listed = client.get("/jobs", params={"type": "space", "operation": "workflows"}).json()
+    assert [j["id"] for j in listed["data"]] == [workflow_job["id"]]
+    assert client.get("/jobs", params={"type": "file"}).json()["data"] == []
+    python_job = jp.create_job(
+        name="local", job_config_json={"workflowExecutionOrder": ["test.noop"]}
+    )
+    assert python_job.created_by and python_job.created_by.startswith("local")
+
+
+def test_patch_cannot_clear_required_fields(client: httpx.Client) -> None:
+    job_id = client.post("/jobs", json=_job_body()).json()["data"]["id"]
+    for field in ("name", "trigger", "managed", "jobConfigJson"):
+        response = client.patch(f"/jobs/{job_id}", json={field: None})
+        assert response.status_code == 422, (field, response.text)
+        assert response.json()["errors"][0] == {"key": field, "message": "must not be null"}
+    assert client.get(f"/jobs/{job_id}").json()["data"]["version"] == 1
+
+
+def test_page_numbers_past_the_limit_are_422_not_an_overflow(client: httpx.Client) -> None:
+    for path in ("/jobs", "/events", "/webhooks/x/deliveries"):
+        response = client.get(path, params={"pageNumber": 10**30})
+        assert response.status_code == 422, (path, response.text)
+        assert response.json()["errors"][0]["key"] == "pageNumber"
+    with pytest.raises(jp.ValidationError) as caught:
+        jp.list_jobs(page_number=10**12)
+    assert caught.value.field == "pageNumber"

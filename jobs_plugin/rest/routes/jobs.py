@@ -14,8 +14,16 @@ from fastapi import APIRouter, Query, Response
 
 import jobs_plugin as jp
 from jobs_plugin.errors import ConflictError
-from jobs_plugin.models import JobCreate, JobPublic, JobRunPublic, JobUpdate
-from jobs_plugin.rest.deps import JobId, OrganizationDep, PageNumber, PageSize
+from jobs_plugin.models import (
+    UNKNOWN_ACTOR,
+    WORKFLOW_JOB_OPERATION,
+    WORKFLOW_JOB_TYPE,
+    JobCreate,
+    JobPublic,
+    JobRunPublic,
+    JobUpdate,
+)
+from jobs_plugin.rest.deps import ActorDep, JobId, OrganizationDep, PageNumber, PageSize
 from jobs_plugin.rest.envelopes import SUCCESS, dump, one, page
 
 router = APIRouter(prefix="/jobs", tags=["jobs"])
@@ -28,11 +36,27 @@ def job_object(
 ) -> dict[str, Any]:
     """The job plus fields of its latest run (read here unless the caller fetched it)."""
     data = dump(job)
+    data.update(flatfile_defaults(job))
     data.update(dict.fromkeys(_FROM_RUN))
     if job.last_run_id:
         run = dump(latest or jp.get_run(job.last_run_id, organization=organization))
         data.update({key: run.get(key) for key in _FROM_RUN})
     return data
+
+
+def flatfile_defaults(job: JobPublic) -> dict[str, Any]:
+    """The values Flatfile's ``Job`` requires that a workflow job leaves empty.
+
+    A job without a ``type`` (one that runs its ``workflowExecutionOrder``) is, to Flatfile's
+    client, a space-level job (``type: space``, ``operation: workflows``) acting on its
+    organization (``source``: the organization id); ``createdBy`` is never null.
+    """
+    return {
+        "type": job.type.value if job.type else WORKFLOW_JOB_TYPE,
+        "operation": job.operation.value if job.operation else WORKFLOW_JOB_OPERATION,
+        "source": job.source or job.organization_id,
+        "createdBy": job.created_by or UNKNOWN_ACTOR,
+    }
 
 
 def _latest_run_id(job_id: str, organization: str) -> str:
@@ -43,8 +67,8 @@ def _latest_run_id(job_id: str, organization: str) -> str:
 
 
 @router.post("", status_code=201)
-def create_job(body: JobCreate, organization: OrganizationDep) -> dict[str, Any]:
-    job = jp.create_job(body, organization=organization)
+def create_job(body: JobCreate, organization: OrganizationDep, actor: ActorDep) -> dict[str, Any]:
+    job = jp.create_job(body, organization=organization, actor=actor)
     return one(job_object(job, organization))
 
 
@@ -83,8 +107,10 @@ def get_job(job_id: JobId, organization: OrganizationDep) -> dict[str, Any]:
 
 
 @router.patch("/{jobId}")
-def update_job(job_id: JobId, body: JobUpdate, organization: OrganizationDep) -> dict[str, Any]:
-    job = jp.update_job(job_id, body, organization=organization)
+def update_job(
+    job_id: JobId, body: JobUpdate, organization: OrganizationDep, actor: ActorDep
+) -> dict[str, Any]:
+    job = jp.update_job(job_id, body, organization=organization, actor=actor)
     return one(job_object(job, organization))
 
 
