@@ -7,22 +7,26 @@ Every function takes an optional ``organization`` (a name; default: the settings
 
 from __future__ import annotations
 
+import contextlib
 import getpass
 import logging
 import threading
+import time
 from collections.abc import Callable, Coroutine
 from datetime import datetime
 from typing import Any, TypeVar
 
 from prefect import Flow
+from prefect.client.schemas.objects import StateType
 from prefect.utilities.asyncutils import run_coro_as_sync
 from pydantic import BaseModel
 from pydantic.alias_generators import to_camel
 
 from jobs_plugin import catalog, compiler, engine, planner, registry
-from jobs_plugin.errors import ValidationError
+from jobs_plugin.errors import InvalidTransition, ValidationError
 from jobs_plugin.events import Subscription
 from jobs_plugin.models import (
+    MAX_VERSION,
     ApiKeyPublic,
     DeliveryStatus,
     EventPublic,
@@ -252,6 +256,10 @@ def create_job(
 
 
 def _validate(spec: JobCreate | JobUpdate | Job, org_id: str) -> None:
+    """Plan the job as a run would, so a job that cannot run is refused before it is saved. A
+    job its caller runs (``managed: false``) has nothing for the engine to plan."""
+    if spec.managed is False:
+        return
     planner.plan(
         org_id,
         job_name=spec.name or "",
@@ -334,9 +342,13 @@ def update_job(
     for name in update.model_fields_set & _NOT_NULL:
         if getattr(update, name) is None:
             raise ValidationError(to_camel(name), "must not be null")
+    if expected_version is None:
+        expected_version = update.version
+    elif update.version is not None and update.version != expected_version:
+        raise ValidationError("version", "differs from expected_version")
     org_id = organization_id(organization)
     current = catalog.get_job(job_id, org_id)
-    merged = current.model_copy(update=update.model_dump(exclude_unset=True))
+    merged = current.model_copy(update=update.model_dump(exclude_unset=True, exclude={"version"}))
     if update.job_config_json is not None:
         merged.job_config_json = update.job_config_json.model_dump(by_alias=True, mode="json")
     _validate(merged, org_id)
@@ -346,8 +358,28 @@ def update_job(
     return to_public(job)
 
 
-def delete_job(job_id: str, *, organization: str | None = None, actor: str | None = None) -> None:
-    catalog.delete_job(job_id, organization_id(organization), actor=actor)
+def delete_job(
+    job_id: str,
+    *,
+    force: bool = False,
+    organization: str | None = None,
+    actor: str | None = None,
+    stop_timeout: float = 60.0,
+) -> None:
+    """Soft-delete a job. A job with an unfinished run is refused (``InvalidTransition``)
+    unless ``force``: then its runs are canceled first, and the job is deleted once they have
+    stopped (``InvalidTransition`` if they have not within ``stop_timeout`` seconds)."""
+    org_id = organization_id(organization)
+    if force:
+        runs = catalog.unfinished_runs(job_id, org_id)
+        for run in runs:
+            with contextlib.suppress(InvalidTransition):  # it ended meanwhile
+                engine.cancel(run.id, org_id)
+        deadline = time.monotonic() + stop_timeout
+        while runs and time.monotonic() < deadline:
+            time.sleep(0.05)
+            runs = catalog.unfinished_runs(job_id, org_id)
+    catalog.delete_job(job_id, org_id, actor=actor or local_actor())
 
 
 def list_versions(job_id: str, *, organization: str | None = None) -> list[JobVersionPublic]:
@@ -367,10 +399,105 @@ def compile_job(
     return compiler.compile_job(catalog.get_version(job_id, org_id, version).snapshot)
 
 
-def plan(job_id: str, *, organization: str | None = None) -> list[dict[str, Any]]:
-    """The resolved workflows of a job, with validated parameters, as a run would execute them."""
-    job = catalog.get_job(job_id, organization_id(organization))
-    return [s.describe() for s in planner.plan_snapshot(catalog.snapshot_of(job))]
+def plan(
+    job_id: str, *, version: int | None = None, organization: str | None = None
+) -> list[dict[str, Any]]:
+    """The resolved workflows of a job (its current or a given version), with validated
+    parameters, as a run would execute them; empty for a job its caller runs."""
+    org_id = organization_id(organization)
+    job = catalog.get_job(job_id, org_id)
+    if version is not None and not 1 <= version <= MAX_VERSION:
+        raise ValidationError("version", f"must be from 1 to {MAX_VERSION}")
+    snapshot = (
+        catalog.snapshot_of(job)
+        if version is None or version == job.version
+        else catalog.get_version(job_id, org_id, version).snapshot
+    )
+    if not snapshot.get("managed", True):
+        return []
+    return [s.describe() for s in planner.plan_snapshot(snapshot)]
+
+
+# --------------------------------------------------------------------------- unmanaged jobs
+
+
+def _unmanaged_run(job_id: str, org_id: str, *, start: bool, actor: str | None) -> JobRun:
+    """The active run of a job its caller runs; with ``start``, a new one if it has none."""
+    job = catalog.get_job(job_id, org_id)
+    if job.managed:
+        raise InvalidTransition(
+            f"job {job_id} is managed: its workflows report their own progress and outcome "
+            "(ack, complete, fail and split are for jobs created with managed: false)"
+        )
+    run = catalog.get_run(job.last_run_id, org_id) if job.last_run_id else None
+    if run is None or run.status.is_terminal:
+        if not start:
+            raise InvalidTransition(f"job {job_id} has no unfinished run")
+        run = _sync(engine.execute(job_id, org_id, wait=True, actor=actor))
+    return run
+
+
+def ack_job(
+    job_id: str,
+    *,
+    info: str | None = None,
+    progress: int | None = None,
+    organization: str | None = None,
+    actor: str | None = None,
+) -> JobPublic:
+    """A caller-run job (``managed: false``) is being worked on: its run enters EXECUTING
+    (``job:started``; a run is started if it has none) and takes ``info``/``progress``."""
+    org_id = organization_id(organization)
+    run = _unmanaged_run(job_id, org_id, start=True, actor=actor)
+    catalog.observe_state(run.id, StateType.RUNNING, "Running")
+    if info is not None or progress is not None:
+        catalog.report_run_progress(run.id, info=info, progress=progress)
+    return get_job(job_id, organization=organization)
+
+
+def finish_job(
+    job_id: str,
+    *,
+    succeeded: bool,
+    outcome: dict[str, Any] | None = None,
+    info: str | None = None,
+    organization: str | None = None,
+) -> JobPublic:
+    """End the run of a caller-run job: COMPLETED (``job:completed``) or FAILED
+    (``job:failed``), with the caller's ``outcome`` and ``info``."""
+    org_id = organization_id(organization)
+    run = _unmanaged_run(job_id, org_id, start=False, actor=None)
+    if outcome:
+        catalog.set_outcome(run.id, outcome)
+    message = info or (outcome or {}).get("message")
+    state = (StateType.COMPLETED, "Completed") if succeeded else (StateType.FAILED, "Failed")
+    catalog.observe_state(run.id, *state, message=str(message) if message else None)
+    return get_job(job_id, organization=organization)
+
+
+def acknowledge_outcome(
+    job_id: str, *, organization: str | None = None, actor: str | None = None
+) -> JobPublic:
+    """Mark the outcome of the job's latest (ended) run as seen."""
+    org_id = organization_id(organization)
+    job = catalog.get_job(job_id, org_id)
+    if job.last_run_id is None:
+        raise InvalidTransition(f"job {job_id} has never run")
+    catalog.acknowledge_outcome(job.last_run_id, org_id, actor=actor)
+    return get_job(job_id, organization=organization)
+
+
+def split_job(
+    job_id: str, *, parts: int, organization: str | None = None, actor: str | None = None
+) -> JobPublic:
+    """Declare how many parts the current run of a caller-run job has (a run is started if it
+    has none); ``progress`` then counts them."""
+    if parts < 1:
+        raise ValidationError("parts", "must be 1 or more")
+    org_id = organization_id(organization)
+    run = _unmanaged_run(job_id, org_id, start=True, actor=actor)
+    catalog.report_run_progress(run.id, parts=parts)
+    return get_job(job_id, organization=organization)
 
 
 # --------------------------------------------------------------------------- runs
@@ -383,9 +510,25 @@ def run_public(run: JobRun, steps: list[WorkflowRun] | None = None) -> JobRunPub
     return JobRunPublic.model_validate(
         {
             **run.model_dump(),
-            "workflow_runs": [WorkflowRunPublic.model_validate(s) for s in steps],
+            "prefect_url": prefect_ui_url(run.prefect_flow_run_id),
+            "workflow_runs": [
+                WorkflowRunPublic.model_validate(
+                    {**s.model_dump(), "prefect_url": prefect_ui_url(s.prefect_flow_run_id)}
+                )
+                for s in steps
+            ],
         }
     )
+
+
+def prefect_ui_url(flow_run_id: str | None) -> str | None:
+    """The flow run's page in the Prefect UI; none without a Prefect server that has a UI (the
+    temporary local server has none)."""
+    if not flow_run_id:
+        return None
+    from prefect.utilities.urls import url_for
+
+    return url_for("flow-run", obj_id=flow_run_id)
 
 
 def _runs_public(runs: list[JobRun]) -> dict[str, JobRunPublic]:
@@ -401,6 +544,8 @@ async def aexecute(
     organization: str | None = None,
     actor: str | None = None,
 ) -> JobRunPublic:
+    if version is not None and not 1 <= version <= MAX_VERSION:
+        raise ValidationError("version", f"must be from 1 to {MAX_VERSION}")
     run = await engine.execute(
         job_id, organization_id(organization), version=version, wait=wait, actor=actor
     )
@@ -421,8 +566,11 @@ def execute(
     )
 
 
-def cancel(run_id: str, *, organization: str | None = None) -> JobRunPublic:
-    return run_public(engine.cancel(run_id, organization_id(organization)))
+def cancel(
+    run_id: str, *, info: str | None = None, organization: str | None = None
+) -> JobRunPublic:
+    """Ask a run to stop (``info``: why, shown as the run's ``info``)."""
+    return run_public(engine.cancel(run_id, organization_id(organization), info=info))
 
 
 async def aretry(

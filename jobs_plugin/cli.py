@@ -1088,7 +1088,11 @@ def demo(
     subscription = jp.subscribe(
         lambda event: typer.echo(_event_line(event)),
         run_id=run.id,
-        topics=[t.value for t in Topic if t not in (Topic.CREATED, Topic.DELETED)],
+        topics=[
+            t.value
+            for t in Topic
+            if t not in (Topic.CREATED, Topic.DELETED, Topic.OUTCOME_ACKNOWLEDGED)
+        ],
         from_start=True,
         organization=organization,
     )

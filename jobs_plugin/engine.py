@@ -50,16 +50,24 @@ async def retry(
     return await launch(run, wait=wait)
 
 
-def cancel(run_id: str, organization_id: str | None = None) -> JobRun:
+def cancel(run_id: str, organization_id: str | None = None, *, info: str | None = None) -> JobRun:
     """Ask a run to stop: before its next workflow, or now for the running one where possible.
 
     A run that has not reached EXECUTING is ended CANCELED at once by whoever runs it next.
     """
-    return catalog.request_cancel(run_id, organization_id)
+    run = catalog.request_cancel(run_id, organization_id, info=info)
+    if not run.snapshot.get("managed", True):  # nobody of ours runs it: it ends here
+        return catalog.observe_state(run.id, StateType.CANCELLED, "Cancelled")
+    return run
 
 
 async def launch(run: JobRun, *, wait: bool) -> JobRun:
-    """Plan, create the Prefect flow run and run it; in a background thread unless ``wait``."""
+    """Plan, create the Prefect flow run and run it; in a background thread unless ``wait``.
+
+    A run of a job its caller runs (``managed: false``) only enters READY (``job:waiting``):
+    the caller reports it (``ack``, ``complete``, ``fail``)."""
+    if not run.snapshot.get("managed", True):
+        return catalog.observe_state(run.id, StateType.PENDING, "Pending")
     if not wait:
         thread = threading.Thread(
             target=_launch_in_thread, args=(run,), name=f"prefect-jobs-{run.id}"

@@ -230,6 +230,8 @@ class JobConfigJson(SQLModel):
 # --------------------------------------------------------------------------- job
 
 
+MAX_VERSION = 2**31 - 1
+"""The highest job version any call accepts (a database integer)."""
 WORKFLOW_JOB_TYPE = "space"
 """``type`` of a job without one (it runs its ``workflowExecutionOrder``) on Flatfile's wire."""
 WORKFLOW_JOB_OPERATION = "workflows"
@@ -302,6 +304,45 @@ class JobUpdate(SQLModel):
     config: dict[str, Any] | None = None
     input: dict[str, Any] | None = None
     job_metadata: dict[str, Any] | None = PydanticField(default=None, alias="metadata")
+    version: int | None = PydanticField(
+        default=None,
+        ge=1,
+        le=MAX_VERSION,
+        description=(
+            "The version this change was made from (as `If-Match` does): if the job has moved "
+            "on since, nothing is changed and the answer is 409."
+        ),
+    )
+
+
+class JobAck(SQLModel):
+    """``POST /jobs/{id}/ack`` of a job its caller runs (``managed: false``)."""
+
+    model_config = API_CONFIG
+    info: str | None = PydanticField(default=None, max_length=2000)
+    progress: int | None = PydanticField(default=None, ge=0, le=100)
+    estimated_completion_at: datetime | None = None
+
+
+class JobOutcomeReport(SQLModel):
+    """``POST /jobs/{id}/complete`` or ``/fail`` of a job its caller runs."""
+
+    model_config = API_CONFIG
+    outcome: dict[str, Any] | None = None
+    info: str | None = PydanticField(default=None, max_length=2000)
+
+
+class JobCancelReport(SQLModel):
+    model_config = API_CONFIG
+    info: str | None = PydanticField(default=None, max_length=2000)
+
+
+class JobSplit(SQLModel):
+    """``POST /jobs/{id}/split``: how many parts the current run of a caller-run job has."""
+
+    model_config = API_CONFIG
+    parts: int = PydanticField(ge=1, le=1_000_000)
+    run_in_parallel: bool | None = None
 
 
 class JobPublic(JobBase):
@@ -411,6 +452,9 @@ class WorkflowRunPublic(WorkflowRunBase):
     reused_from: str | None
     started_at: datetime | None
     finished_at: datetime | None
+    prefect_url: str | None = PydanticField(
+        default=None, description="The workflow's flow run in the Prefect UI."
+    )
 
 
 class JobRunPublic(JobRunBase):
@@ -427,6 +471,9 @@ class JobRunPublic(JobRunBase):
     updated_at: datetime
     started_at: datetime | None
     finished_at: datetime | None
+    prefect_url: str | None = PydanticField(
+        default=None, description="The job's flow run in the Prefect UI."
+    )
     workflow_runs: list[WorkflowRunPublic] = PydanticField(default_factory=list)
 
 
@@ -617,7 +664,7 @@ class WebhookDeliveryBase(SQLModel):
     event_cursor: int
     topic: str = Field(max_length=60)
     ordering_key: str = Field(
-        max_length=40, description="Deliveries with one key (a run, else a job) go in order."
+        max_length=40, description="Deliveries with one key (the job) go in order."
     )
     status: DeliveryStatus = Field(
         default=DeliveryStatus.PENDING, sa_type=_enum(DeliveryStatus), index=True

@@ -81,6 +81,7 @@ class Topic(str, Enum):
     FAILED = "job:failed"
     CANCELED = "job:canceled"
     DELETED = "job:deleted"
+    OUTCOME_ACKNOWLEDGED = "job:outcome-acknowledged"
 
 
 _TERMINAL = frozenset({JobStatus.COMPLETED, JobStatus.FAILED, JobStatus.CANCELED})

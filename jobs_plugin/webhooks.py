@@ -8,8 +8,9 @@ Every delivery is a ``POST`` of the event (as ``GET /v1/events/{id}`` gives it) 
 
 A 2xx answer delivers it; anything else (or no answer within ``webhook_timeout_seconds``) is
 retried after ``webhook_backoff_seconds``, doubling up to ``webhook_backoff_max_seconds``,
-until ``webhook_max_attempts``. Deliveries of one run go one at a time, in event order. Any
-number of dispatchers may run (leases keep them from sending a delivery twice at once).
+until ``webhook_max_attempts``. Deliveries of one job (its runs included) go one at a time, in
+event order. Any number of dispatchers may run (leases keep them from sending a delivery twice
+at once).
 """
 
 from __future__ import annotations
@@ -74,7 +75,7 @@ class Dispatcher:
         self._thread: threading.Thread | None = None
 
     def run_once(self) -> int:
-        """Send what is due now (each run's oldest pending delivery); returns how many."""
+        """Send what is due now (each job's oldest pending delivery); returns how many."""
         lease = self.settings.webhook_timeout_seconds + 30
         claimed = catalog.claim(self.batch, lease)
         list(self._pool.map(lambda row: self._send(*row), claimed))

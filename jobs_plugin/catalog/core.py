@@ -252,7 +252,7 @@ def update_job(
     With ``expected_version``, a job whose version moved on in the meantime is not touched and
     ``VersionConflict`` is raised: no lost updates.
     """
-    data = changes.model_dump(exclude_unset=True)
+    data = changes.model_dump(exclude_unset=True, exclude={"version"})
     if "job_config_json" in data and changes.job_config_json is not None:
         data["job_config_json"] = changes.job_config_json.model_dump(mode="json", by_alias=True)
     with write_session() as session:
@@ -613,13 +613,16 @@ def lineage_id(run_id: str) -> str:
     return run_id
 
 
-def request_cancel(run_id: str, organization_id: str | None = None) -> JobRun:
-    """Ask the engine to stop the run; a run that has not started is canceled at once."""
+def request_cancel(
+    run_id: str, organization_id: str | None = None, *, info: str | None = None
+) -> JobRun:
+    """Ask the engine to stop the run (``info``: why, kept as the run's ``info``)."""
     with write_session() as session:
         run = _locked_run(session, run_id, organization_id)
         if run.status.is_terminal:
             raise InvalidTransition(f"run {run_id} is already {run.status.value}")
         run.cancel_requested_at = run.cancel_requested_at or utcnow()
+        run.info = info or run.info
         run.updated_at = utcnow()
         session.add(run)
     return run
@@ -728,6 +731,64 @@ def report_progress(
         if emit and (run.parts, run.processed, run.progress, run.info) != before:
             _emit(session, None, run, Topic.UPDATED, _run_payload(run, step))
     return run
+
+
+def report_run_progress(
+    run_id: str,
+    *,
+    parts: int | None = None,
+    progress: int | None = None,
+    info: str | None = None,
+) -> JobRun:
+    """Progress of a run its caller reports (a ``managed: false`` job, which has no workflow
+    runs): ``parts`` (never fewer than processed), ``progress`` 0..100 (never lower than it
+    was; ``processed`` follows it) and ``info``. Emits ``job:updated`` when anything changed."""
+    with write_session() as session:
+        run = _locked_run(session, run_id)
+        if run.status.is_terminal:
+            raise InvalidTransition(f"run {run_id} is already {run.status.value}")
+        before = (run.parts, run.processed, run.progress, run.info)
+        if parts is not None:
+            run.parts = max(parts, run.processed, 1)
+        if progress is not None:
+            run.progress = max(run.progress, min(progress, 99))
+        run.processed = max(run.processed, run.parts * run.progress // 100)
+        if info is not None:
+            run.info = info
+        if (run.parts, run.processed, run.progress, run.info) != before:
+            run.updated_at = utcnow()
+            session.add(run)
+            _emit(session, None, run, Topic.UPDATED, _run_payload(run))
+    return run
+
+
+def acknowledge_outcome(run_id: str, organization_id: str, *, actor: str | None = None) -> JobRun:
+    """A person has seen how the run ended (Flatfile's ``outcome/ack``): stamps
+    ``outcomeAcknowledgedAt`` once and emits ``job:outcome-acknowledged``."""
+    with write_session() as session:
+        run = _locked_run(session, run_id, organization_id)
+        if not run.status.is_terminal:
+            raise InvalidTransition(f"run {run_id} is {run.status.value}: it has no outcome yet")
+        if run.outcome_acknowledged_at is None:
+            run.outcome_acknowledged_at = utcnow()
+            session.add(run)
+            payload = _run_payload(run) | {"acknowledgedBy": actor}
+            _emit(session, None, run, Topic.OUTCOME_ACKNOWLEDGED, payload)
+    return run
+
+
+def unfinished_runs(job_id: str, organization_id: str) -> list[JobRun]:
+    """The job's runs that have not ended (``JobNotFound`` for an unknown job)."""
+    get_job(job_id, organization_id)
+    with read_session() as session:
+        return list(
+            session.exec(
+                select(JobRun).where(
+                    JobRun.job_id == job_id,
+                    col(JobRun.status).in_([s.value for s in JobStatus if not s.is_terminal]),
+                )
+            ).all()
+        )
 
 
 def _get_workflow_run(session: Session, workflow_run_id: str, lock: bool = False) -> WorkflowRun:

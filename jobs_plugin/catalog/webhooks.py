@@ -3,7 +3,8 @@
 ``enqueue`` runs inside the transaction that writes an event, so a delivery exists for every
 event a webhook asked for, even if no dispatcher is running at that moment. Dispatchers (any
 number, in any process) ``claim`` due deliveries under a lease; only the oldest pending
-delivery of a run (of a webhook) is ever due, so a receiver sees each run's events in order.
+delivery of a job (of a webhook) is ever due, so a receiver sees each job's events, its runs'
+included, in order.
 """
 
 from __future__ import annotations
@@ -113,7 +114,7 @@ def enqueue(session: Session, event: Event) -> None:
                 event_id=event.id,
                 event_cursor=event.cursor,
                 topic=event.topic,
-                ordering_key=event.run_id or event.job_id,
+                ordering_key=event.job_id,
                 next_attempt_at=event.created_at,
             )
         )
@@ -122,7 +123,7 @@ def enqueue(session: Session, event: Event) -> None:
 def claim(
     limit: int, lease_seconds: float, now: datetime | None = None
 ) -> list[tuple[WebhookDelivery, Webhook, Event]]:
-    """Lease up to ``limit`` due deliveries, each the oldest pending one of its run."""
+    """Lease up to ``limit`` due deliveries, each the oldest pending one of its job."""
     now = now or utcnow()
     head = WebhookDelivery
     earlier = aliased(WebhookDelivery)

@@ -138,6 +138,8 @@ def test_another_organizations_objects_are_404_or_absent(server_url: str) -> Non
                 continue
             url = re.sub(r"\{(\w+)\}", lambda m: values[m.group(1)], path.removeprefix("/v1"))
             body = {"name": "x"} if method in ("PATCH", "PUT") else None
+            if path == "/v1/jobs/{jobId}/split":
+                body = {"parts": 2}
             if path == "/v1/sheets/{sheetId}/records" and method in ("POST", "PUT"):
                 body = [{"id": "us_rc_1", "values": {}}] if method == "PUT" else [{}]
             params = {"workbookId": workbook.id} if path == "/v1/sheets" else None
