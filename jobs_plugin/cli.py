@@ -1109,8 +1109,12 @@ def demo(
 @app.command("api")
 def api_server(
     ctx: typer.Context,
-    host: Annotated[str, typer.Option("--host", help="Interface to listen on.")] = "127.0.0.1",
-    port: Annotated[int, typer.Option("--port", help="Port to listen on.")] = 8080,
+    host: Annotated[
+        str | None, typer.Option("--host", help="Interface to listen on [PREFECT_JOBS_API_HOST].")
+    ] = None,
+    port: Annotated[
+        int | None, typer.Option("--port", help="Port to listen on [PREFECT_JOBS_API_PORT].")
+    ] = None,
 ) -> None:
     """Serve the REST API under /v1 with uvicorn until interrupted.
 
@@ -1122,8 +1126,9 @@ def api_server(
 
     from jobs_plugin.rest import create_app
 
-    _first_api_key(_org(ctx) or get_settings().default_organization)
-    uvicorn.run(create_app(), host=host, port=port)
+    settings = get_settings()
+    _first_api_key(_org(ctx) or settings.default_organization)
+    uvicorn.run(create_app(), host=host or settings.api_host, port=port or settings.api_port)
 
 
 @app.command()

@@ -52,5 +52,21 @@ def create_app() -> FastAPI:
     for module in (jobs, runs, events, workflows, webhooks, files, workbooks, sheets):
         v1.include_router(module.router)
     app.include_router(v1)
+    _serve_docs_at_root(app)
     errors.install(app)
     return app
+
+
+def _serve_docs_at_root(app: FastAPI) -> None:
+    """The same OpenAPI document and docs at ``/openapi.json`` and ``/docs`` too, where
+    generic tools (fuzzers, client generators) look first."""
+    from fastapi.openapi.docs import get_swagger_ui_html
+    from fastapi.responses import HTMLResponse, JSONResponse
+
+    @app.get("/openapi.json", include_in_schema=False)
+    def openapi_json() -> JSONResponse:
+        return JSONResponse(app.openapi())
+
+    @app.get("/docs", include_in_schema=False)
+    def docs() -> HTMLResponse:
+        return get_swagger_ui_html(openapi_url="/openapi.json", title=f"{app.title} - docs")

@@ -252,3 +252,17 @@ def test_page_numbers_past_the_limit_are_422_not_an_overflow(client: httpx.Clien
     with pytest.raises(jp.ValidationError) as caught:
         jp.list_jobs(page_number=10**12)
     assert caught.value.field == "pageNumber"
+
+
+def test_openapi_is_served_at_the_root_and_under_v1(server_url: str) -> None:
+    root = server_url.removesuffix("/v1")
+    at_root = httpx.get(f"{root}/openapi.json")
+    assert at_root.status_code == 200
+    assert at_root.json() == httpx.get(f"{server_url}/openapi.json").json()
+    paths = at_root.json()["paths"]
+    for path in ("/v1/jobs/{jobId}/ack", "/v1/jobs/{jobId}/plan", "/v1/webhooks"):
+        assert path in paths, path
+    assert "Idempotency-Key" in str(paths["/v1/jobs"]["post"]["parameters"])
+    for docs in (f"{root}/docs", f"{server_url}/docs"):
+        page = httpx.get(docs)
+        assert page.status_code == 200 and "swagger" in page.text.lower(), docs

@@ -19,6 +19,8 @@ from jobs_plugin.rest.deps import EventId, OrganizationDep, PageSize
 from jobs_plugin.rest.envelopes import SUCCESS, dump, one
 
 router = APIRouter(prefix="/events", tags=["events"])
+MAX_CURSOR = 2**63 - 1
+"""Cursors are database integers."""
 JobIdQuery = Annotated[str | None, Query(alias="jobId")]
 RunIdQuery = Annotated[str | None, Query(alias="runId")]
 
@@ -31,7 +33,9 @@ def list_events(
     topic: str | None = None,
     domain: str | None = None,
     since: datetime | None = None,
-    after: Annotated[int | None, Query(ge=0, description="A cursor: events after it.")] = None,
+    after: Annotated[
+        int | None, Query(ge=0, le=MAX_CURSOR, description="A cursor: events after it.")
+    ] = None,
     include_acknowledged: Annotated[bool, Query(alias="includeAcknowledged")] = False,
     page_size: PageSize = 100,
     page_number: Annotated[int | None, Query(alias="pageNumber", ge=1, le=1_000_000)] = None,
@@ -70,8 +74,12 @@ async def stream_events(
     job_id: JobIdQuery = None,
     run_id: RunIdQuery = None,
     topic: Annotated[list[str] | None, Query(description="Repeat to follow several.")] = None,
-    after: Annotated[int | None, Query(ge=0, description="Replay after this cursor.")] = None,
-    last_event_id: Annotated[int | None, Header(alias="Last-Event-ID", ge=0)] = None,
+    after: Annotated[
+        int | None, Query(ge=0, le=MAX_CURSOR, description="Replay after this cursor.")
+    ] = None,
+    last_event_id: Annotated[
+        int | None, Header(alias="Last-Event-ID", ge=0, le=MAX_CURSOR)
+    ] = None,
 ) -> StreamingResponse:
     """Server-Sent Events, live: ``id`` is the event's cursor, ``event`` its topic, ``data``
     the event as ``GET /events`` gives it. Reconnect with ``Last-Event-ID`` (or ``after``) to
