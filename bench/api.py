@@ -369,6 +369,7 @@ def profile(key: str, calls: int, out: TextIO) -> dict[str, float]:
     """Replay each operation's route handler in this process under cProfile, on the catalog
     the server used: authentication, the handler, FastAPI's encoding of the result. Returns
     the in-process milliseconds per call of each operation."""
+    from fastapi import Response
     from fastapi.encoders import jsonable_encoder
 
     import jobs_plugin as jp
@@ -379,15 +380,18 @@ def profile(key: str, calls: int, out: TextIO) -> dict[str, float]:
 
     def create() -> Any:
         organization, actor = jp.api.authenticate(key)
-        result = routes.create_job(JobCreate.model_validate(JOB_BODY), organization, actor)
+        response = routes.create_job(JobCreate.model_validate(JOB_BODY), organization, actor)
+        result = json.loads(bytes(response.body))
         job_ids.append(result["data"]["id"])
         return result
 
     def get() -> Any:
-        return routes.get_job(job_ids[len(job_ids) // 2], jp.organization_for_key(key))
+        return routes.get_job(
+            job_ids[len(job_ids) // 2], jp.api.organization_for_key(key), Response()
+        )
 
     def list_() -> Any:
-        organization = jp.organization_for_key(key)
+        organization = jp.api.organization_for_key(key)
         return routes.list_jobs(
             organization,
             page_number=1,

@@ -65,10 +65,20 @@ def _sync(coro: Coroutine[Any, Any, T]) -> T:
     return run_coro_as_sync(coro)
 
 
+_organization_ids: dict[tuple[str, str], str] = {}
+"""(catalog URL, organization name) -> id: organizations are never renamed or removed."""
+
+
 def organization_id(organization: str | None = None) -> str:
     """The id of the organization called ``organization`` (created on first use)."""
     _bootstrap()
-    return catalog.ensure_organization(organization or get_settings().default_organization).id
+    settings = get_settings()
+    name = organization or settings.default_organization
+    key = (settings.resolved_database_url, name)
+    found = _organization_ids.get(key)
+    if found is None:
+        found = _organization_ids[key] = catalog.ensure_organization(name).id
+    return found
 
 
 def _bootstrap() -> None:
@@ -735,10 +745,11 @@ def list_api_keys(*, organization: str | None = None) -> list[ApiKeyPublic]:
 
 
 def revoke_api_key(key_id: str, *, organization: str | None = None) -> ApiKeyPublic:
-    """Revoke one of the organization's API keys; it stops authenticating at once."""
-    return ApiKeyPublic.model_validate(
-        catalog.revoke_api_key(key_id, organization_id(organization))
-    )
+    """Revoke one of the organization's API keys. It stops authenticating at once in this
+    process, and within ``api_key_cache_seconds`` in servers running elsewhere."""
+    revoked = catalog.revoke_api_key(key_id, organization_id(organization))
+    _authenticated.clear()
+    return ApiKeyPublic.model_validate(revoked)
 
 
 def organization_for_key(secret: str) -> str:
@@ -747,11 +758,38 @@ def organization_for_key(secret: str) -> str:
     return catalog.organization_for_key(secret)[0].name
 
 
+_authenticated: dict[tuple[str, str], tuple[float, tuple[str, str]]] = {}
+"""(catalog URL, key hash) -> (valid until, (organization name, key id))."""
+_AUTHENTICATED_LIMIT = 10_000
+
+
 def authenticate(secret: str) -> tuple[str, str]:
     """The organization name and the key id of an active API key (``AuthenticationError``
-    otherwise); the key id is the actor of what a request does (a job's ``createdBy``)."""
+    otherwise); the key id is the actor of what a request does (a job's ``createdBy``).
+
+    A key found active is remembered for ``api_key_cache_seconds`` (see ``cached_caller``)."""
+    found = cached_caller(secret)
+    if found is not None:
+        return found
     organization, key_id = catalog.organization_for_key(secret)
+    settings = get_settings()
+    if settings.api_key_cache_seconds > 0:
+        if len(_authenticated) >= _AUTHENTICATED_LIMIT:
+            _authenticated.clear()
+        until = time.monotonic() + settings.api_key_cache_seconds
+        cache_key = (settings.resolved_database_url, catalog.hash_key(secret))
+        _authenticated[cache_key] = (until, (organization.name, key_id))
     return organization.name, key_id
+
+
+def cached_caller(secret: str) -> tuple[str, str] | None:
+    """What ``authenticate`` found for ``secret`` within the last ``api_key_cache_seconds``,
+    without touching the database (``None``: ask ``authenticate``)."""
+    settings = get_settings()
+    hit = _authenticated.get((settings.resolved_database_url, catalog.hash_key(secret)))
+    if hit is None or hit[0] < time.monotonic():
+        return None
+    return hit[1]
 
 
 # --------------------------------------------------------------------------- webhooks

@@ -64,6 +64,15 @@ class Settings(BaseSettings):
     webhook_timeout_seconds: float = Field(
         default=10.0, gt=0, description="How long one delivery attempt may take."
     )
+    api_key_cache_seconds: float = Field(
+        default=1.0,
+        ge=0,
+        description=(
+            "How long a server trusts an API key it found active without asking the catalog "
+            "again: a key revoked by another process stops working within this time (0: ask "
+            "on every request)."
+        ),
+    )
     idempotency_ttl_seconds: float = Field(
         default=24 * 3600.0, gt=0, description="How long an `Idempotency-Key` is remembered."
     )

@@ -7,6 +7,7 @@ forgotten.
 from __future__ import annotations
 
 import re
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -93,6 +94,34 @@ def test_a_revoked_key_is_401(server_url: str) -> None:
     assert listed[key.id].revoked_at is not None
     with pytest.raises(jp.ApiKeyNotFound):
         jp.revoke_api_key(key.id, organization=OTHER)
+
+
+def test_a_key_revoked_elsewhere_stops_working_within_the_cache_time(
+    server_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Another process revokes the key straight in the catalog: this server, which found it
+    active a moment ago, trusts it for at most ``api_key_cache_seconds`` more."""
+    from jobs_plugin import catalog
+    from jobs_plugin.settings import get_settings
+
+    monkeypatch.setenv("PREFECT_JOBS_API_KEY_CACHE_SECONDS", "0.5")
+    get_settings.cache_clear()
+    key, secret = jp.create_api_key()
+    with api_client(server_url, secret) as http:
+        assert http.get("/jobs").status_code == 200
+        catalog.revoke_api_key(key.id, jp.api.organization_id())  # not through this process
+        revoked_at = time.monotonic()
+        while http.get("/jobs").status_code == 200:
+            assert time.monotonic() - revoked_at < 0.5 + 0.5, "still trusted after the cache time"
+            time.sleep(0.02)
+        _assert_401(http.get("/jobs"))
+    monkeypatch.setenv("PREFECT_JOBS_API_KEY_CACHE_SECONDS", "0")
+    get_settings.cache_clear()
+    key, secret = jp.create_api_key()
+    with api_client(server_url, secret) as http:
+        assert http.get("/jobs").status_code == 200
+        catalog.revoke_api_key(key.id, jp.api.organization_id())
+        _assert_401(http.get("/jobs"))  # no cache: at once
 
 
 def test_keys_are_stored_hashed(catalog_url: str) -> None:
