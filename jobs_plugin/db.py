@@ -7,8 +7,9 @@ then try to upgrade, which SQLite would answer with an immediate "database is lo
 
 from __future__ import annotations
 
+import logging
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,6 +20,8 @@ from sqlalchemy.engine import Engine
 from sqlmodel import Session
 
 from jobs_plugin.settings import get_settings
+
+logger = logging.getLogger("prefect_jobs.db")
 
 _MIGRATIONS = Path(__file__).parent / "migrations"
 _lock = threading.Lock()
@@ -117,8 +120,28 @@ def read_session(url: str | None = None) -> Iterator[Session]:
         yield session
 
 
+EVENTS_WRITTEN = "prefect_jobs.events_written"
+"""Set in ``session.info`` by whoever adds events, so listeners hear of them on commit."""
+_event_listeners: list[Callable[[], None]] = []
+
+
+def listen_for_events(listener: Callable[[], None]) -> Callable[[], None]:
+    """Call ``listener`` (no arguments, from the committing thread) after every commit in this
+    process that wrote events; returns the function that stops it. Events written by other
+    processes are not heard of here: whoever listens still polls."""
+    _event_listeners.append(listener)
+    return lambda: _event_listeners.remove(listener) if listener in _event_listeners else None
+
+
 @contextmanager
 def write_session(url: str | None = None) -> Iterator[Session]:
     """A session whose transaction commits on success and rolls back on any error."""
-    with Session(get_catalog(url).writer, expire_on_commit=False) as session, session.begin():
-        yield session
+    with Session(get_catalog(url).writer, expire_on_commit=False) as session:
+        with session.begin():
+            yield session
+        if session.info.pop(EVENTS_WRITTEN, False):
+            for listener in list(_event_listeners):
+                try:
+                    listener()
+                except Exception:  # a listener's failure is not the writer's
+                    logger.exception("event listener failed")

@@ -14,7 +14,7 @@ from sqlmodel.sql.expression import SelectOfScalar
 
 from jobs_plugin import ids
 from jobs_plugin.catalog import webhooks
-from jobs_plugin.db import read_session, write_session
+from jobs_plugin.db import EVENTS_WRITTEN, read_session, write_session
 from jobs_plugin.errors import (
     ApiKeyNotFound,
     AuthenticationError,
@@ -871,6 +871,7 @@ def _emit(
     session.add(event)
     session.flush()
     webhooks.enqueue(session, event)
+    session.info[EVENTS_WRITTEN] = True
     return event
 
 

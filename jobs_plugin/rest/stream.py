@@ -14,12 +14,12 @@ import asyncio
 import contextlib
 import json
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 
 import anyio
 
-from jobs_plugin import catalog
+from jobs_plugin import catalog, db
 from jobs_plugin.models import Event, EventPublic
 from jobs_plugin.rest.envelopes import dump
 
@@ -62,6 +62,8 @@ class EventHub:
         self._cursor = 0
         self._task: asyncio.Task[None] | None = None
         self._wake = asyncio.Event()
+        self._poke = asyncio.Event()
+        self._stop_listening: Callable[[], None] = lambda: None
 
     @property
     def cursor(self) -> int:
@@ -69,9 +71,18 @@ class EventHub:
         return self._cursor
 
     async def start(self) -> None:
+        loop = asyncio.get_running_loop()
+
+        def poke() -> None:
+            loop.call_soon_threadsafe(self._poke.set)
+
+        # Events committed in this process (runs the server executes) wake the poller at once;
+        # others' are found by polling.
+        self._stop_listening = db.listen_for_events(poke)
         self._task = asyncio.create_task(self._run(), name="prefect-jobs-event-hub")
 
     async def stop(self) -> None:
+        self._stop_listening()
         if self._task is not None:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -97,6 +108,7 @@ class EventHub:
                 self._wake.clear()
                 await self._wake.wait()
                 continue
+            self._poke.clear()
             try:
                 batch = await anyio.to_thread.run_sync(catalog.events_after, self._cursor, _BATCH)
             except Exception:
@@ -106,7 +118,8 @@ class EventHub:
                 self._cursor = event.cursor or self._cursor
                 self._fan_out(event)
             if len(batch) < _BATCH:
-                await asyncio.sleep(self._poll_seconds)
+                with contextlib.suppress(asyncio.TimeoutError):
+                    await asyncio.wait_for(self._poke.wait(), self._poll_seconds)
 
     def _fan_out(self, event: Event) -> None:
         for sub in list(self._subscribers):

@@ -223,3 +223,26 @@ def test_list_get_and_acknowledge_events(client: httpx.Client) -> None:
     )  # acknowledged
     assert client.get("/events/us_evt_doesnotexist").status_code == 404
     assert client.post("/events/us_evt_doesnotexist/ack").status_code == 404
+
+
+@pytest.fixture
+def slow_poll(catalog_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A server whose event poller would look only every 30 s (fixtures resolve in order)."""
+    from jobs_plugin.settings import get_settings
+
+    monkeypatch.setenv("PREFECT_JOBS_STREAM_POLL_SECONDS", "30")
+    get_settings.cache_clear()
+
+
+def test_events_committed_in_the_servers_process_do_not_wait_for_a_poll(
+    slow_poll: None, server_url: str
+) -> None:
+    """Runs the server executes write their events in its process: the stream hears of each
+    commit at once instead of at the next poll (30 s here)."""
+    _, key = jp.create_api_key()
+    with api_client(server_url, key) as client:
+        job_id = _create(client, "test.noop")
+        reader = _stream(client, {"jobId": job_id}, until=TERMINAL_TOPICS)
+        assert client.post(f"/jobs/{job_id}/execute").status_code == 200
+        topics = [m["event"] for m in reader.result(timeout=25)]
+    assert topics[0] == "job:waiting" and topics[-1] == "job:completed"
