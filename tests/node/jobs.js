@@ -25,7 +25,7 @@
 
 const fs = require("node:fs");
 const { FlatfileClient } = require("@flatfile/api");
-const serializers = require("@flatfile/api/serialization");
+const { recorder, serializers, sleep, stepper } = require("./wire");
 
 const options = JSON.parse(process.argv[2]);
 const { baseUrl, token, jobId, startedPath, releasePath } = options;
@@ -34,17 +34,7 @@ const WAIT_MS = 30_000;
 
 // ----------------------------------------------------------------------------- recording
 
-const exchanges = [];
-const STRICT = {
-  unrecognizedObjectKeys: "passthrough",
-  allowUnrecognizedUnionMembers: false,
-  allowUnrecognizedEnumValues: false,
-  skipValidation: false,
-  breadcrumbsPrefix: ["response"],
-};
-
-function responseSchema(method, pathname) {
-  const rest = pathname.slice(new URL(baseUrl).pathname.length);
+function responseSchema(method, rest) {
   if (rest === "/jobs") {
     return method === "GET" ? serializers.ListJobsResponse : serializers.JobResponse;
   }
@@ -56,70 +46,13 @@ function responseSchema(method, pathname) {
   return null;
 }
 
-// The client sends `Keep-Alive: timeout=200`, a connection header that Node's own fetch
-// (undici, Node 18+) refuses ("invalid keep-alive header": every call fails with "fetch
-// failed", whatever the server). Dropped here; undici keeps connections alive anyway.
-const nativeFetch = globalThis.fetch;
-globalThis.fetch = async (input, init = {}) => {
-  if (init.headers && !(init.headers instanceof Headers)) {
-    const { "Keep-Alive": _dropped, ...headers } = init.headers;
-    init = { ...init, headers };
-  }
-  const response = await nativeFetch(input, init);
-  const url = new URL(typeof input === "string" ? input : input.url);
-  const method = (init.method || "GET").toUpperCase();
-  const record = { method, path: url.pathname + url.search, status: response.status };
-  let body;
-  try {
-    body = await response.clone().json();
-  } catch {
-    body = undefined;
-  }
-  const schema = response.ok ? responseSchema(method, url.pathname) : null;
-  if (schema && body !== undefined) {
-    const parsed = schema.parse(body, STRICT);
-    record.strictErrors = parsed.ok
-      ? []
-      : parsed.errors.map((e) => `${e.path.join(".")}: ${e.message}`);
-  }
-  exchanges.push(record);
-  return response;
-};
-
-let warnings = [];
-console.warn = (...args) => {
-  warnings.push(args.map(String).join(" "));
-};
-
-function plain(value) {
-  return JSON.parse(JSON.stringify(value ?? null));
-}
-
-const steps = [];
-async function step(name, fn) {
-  warnings = [];
-  const entry = { name };
-  try {
-    entry.value = plain(await fn());
-    entry.ok = true;
-  } catch (err) {
-    entry.ok = false;
-    entry.error = {
-      statusCode: err.statusCode ?? null,
-      body: err.body ?? null,
-      message: String(err.message || err),
-    };
-  }
-  entry.warnings = warnings;
-  steps.push(entry);
-  return entry;
-}
+const exchanges = recorder(baseUrl, responseSchema);
+const { steps, step } = stepper();
 
 // ----------------------------------------------------------------------------- helpers
 
 const client = new FlatfileClient({ token, environment: baseUrl });
 const statuses = [];
-const sleep = (ms) => new Promise((resolve) => setTimeout(resolve, ms));
 const norm = (status) => String(status || "").toLowerCase();
 
 async function pollJob(jobId, until, what) {

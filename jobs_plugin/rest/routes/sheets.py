@@ -51,7 +51,8 @@ def get_records(
     sort_direction: SortDirection = "asc",
     include_counts: Annotated[bool, Query(alias="includeCounts")] = False,
 ) -> dict[str, Any]:
-    """``{"data": {"records": [...], "counts"?: {...}}}`` as Flatfile answers."""
+    """``{"data": {"success": true, "records": [...], "counts"?: {...}}}`` as Flatfile
+    answers."""
     result = data.get_records(
         sheet_id,
         page_size=page_size,
@@ -72,7 +73,7 @@ def get_records(
     body.pop("total", None)
     if result.counts is None:
         body.pop("counts", None)
-    return one(body)
+    return one({"success": True} | body)
 
 
 @router.post("/{sheetId}/records")
