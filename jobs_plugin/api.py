@@ -306,8 +306,15 @@ def list_jobs(
     source_provider: str | None = None,
     type: str | None = None,
     operation: str | None = None,
+    source: str | None = None,
+    touching: str | None = None,
     sort_direction: str = "desc",
 ) -> Page[JobPublic]:
+    """A page of the organization's jobs, newest first unless ``sort_direction="asc"``.
+
+    Filters: ``status`` (either case), ``source_provider``, ``type``, ``operation``,
+    ``source`` (the id a job acts on) and ``touching`` (an id that is a job's source or
+    destination)."""
     check_page(page_number, page_size)
     if sort_direction not in ("asc", "desc"):
         raise ValidationError("sortDirection", "must be 'asc' or 'desc'")
@@ -320,6 +327,8 @@ def list_jobs(
         source_provider=source_provider,
         type=type,
         operation=operation,
+        source=source,
+        touching=touching,
         sort_direction=sort_direction,
     )
     return page.map(to_public)

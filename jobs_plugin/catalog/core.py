@@ -212,9 +212,17 @@ def list_jobs(
     source_provider: str | None = None,
     type: str | None = None,
     operation: str | None = None,
+    source: str | None = None,
+    touching: str | None = None,
     sort_direction: str = "desc",
 ) -> Page[Job]:
+    """``source``: jobs acting on that id; ``touching``: jobs whose source or destination it
+    is (Flatfile's ``workbookId`` filter)."""
     query = _job_query(organization_id)
+    if source is not None:
+        query = query.where(Job.source == source)
+    if touching is not None:
+        query = query.where((Job.source == touching) | (Job.destination == touching))
     if status is not None:
         query = query.where(Job.status == status)
     if source_provider is not None:

@@ -266,3 +266,26 @@ def test_openapi_is_served_at_the_root_and_under_v1(server_url: str) -> None:
     for docs in (f"{root}/docs", f"{server_url}/docs"):
         page = httpx.get(docs)
         assert page.status_code == 200 and "swagger" in page.text.lower(), docs
+
+
+def test_flatfiles_list_filters_source_file_and_workbook(client: httpx.Client) -> None:
+    def make(**fields: Any) -> str:
+        body = {"managed": False, **fields}
+        response = client.post("/jobs", json=body)
+        assert response.status_code == 201, response.text
+        job_id: str = response.json()["data"]["id"]
+        return job_id
+
+    extract = make(type="file", operation="extract", source="us_fl_1", destination="us_wb_1")
+    export = make(type="workbook", operation="export", source="us_wb_1")
+    other = make(type="workbook", operation="export", source="us_wb_2")
+
+    def ids(**params: str) -> set[str]:
+        return {j["id"] for j in client.get("/jobs", params=params).json()["data"]}
+
+    assert ids(source="us_fl_1") == ids(fileId="us_fl_1") == {extract}
+    assert ids(workbookId="us_wb_1") == {extract, export}
+    assert ids(workbookId="us_wb_2") == {other}
+    assert ids(spaceId="us_sp_x", environmentId="us_env_x") == {extract, export, other}
+    clash = client.get("/jobs", params={"source": "a", "fileId": "b"})
+    assert clash.status_code == 422 and clash.json()["errors"][0]["key"] == "fileId"

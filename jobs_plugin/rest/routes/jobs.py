@@ -133,7 +133,17 @@ def list_jobs(
     source_provider: Annotated[str | None, Query(alias="sourceProvider")] = None,
     type: str | None = None,
     operation: str | None = None,
+    source: Annotated[str | None, Query(description="Jobs acting on this id.")] = None,
+    file_id: Annotated[str | None, Query(alias="fileId", description="Jobs on this file.")] = None,
+    workbook_id: Annotated[
+        str | None,
+        Query(alias="workbookId", description="Jobs whose source or destination it is."),
+    ] = None,
 ) -> dict[str, Any]:
+    """Flatfile's ``environmentId``, ``spaceId``, ``parentId`` and ``excludeChildJobs`` are
+    accepted and have nothing to filter here (no environments, spaces or child jobs)."""
+    if source is not None and file_id is not None and source != file_id:
+        raise ValidationError("fileId", "differs from source")
     jobs = jp.list_jobs(
         organization=organization,
         page_number=page_number,
@@ -143,6 +153,8 @@ def list_jobs(
         source_provider=source_provider,
         type=type,
         operation=operation,
+        source=source or file_id,
+        touching=workbook_id,
     )
     latest = jp.get_runs(
         [j.last_run_id for j in jobs.items if j.last_run_id], organization=organization
