@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -121,14 +121,15 @@ def read_session(url: str | None = None) -> Iterator[Session]:
 
 
 EVENTS_WRITTEN = "prefect_jobs.events_written"
-"""Set in ``session.info`` by whoever adds events, so listeners hear of them on commit."""
-_event_listeners: list[Callable[[], None]] = []
+"""The ``session.info`` list of the events a transaction adds, handed to listeners on commit."""
+EventListener = Callable[[Sequence[Any]], None]
+_event_listeners: list[EventListener] = []
 
 
-def listen_for_events(listener: Callable[[], None]) -> Callable[[], None]:
-    """Call ``listener`` (no arguments, from the committing thread) after every commit in this
-    process that wrote events; returns the function that stops it. Events written by other
-    processes are not heard of here: whoever listens still polls."""
+def listen_for_events(listener: EventListener) -> Callable[[], None]:
+    """Call ``listener`` with the events a commit in this process wrote (from the committing
+    thread, after the commit); returns the function that stops it. Events written by other
+    processes are not heard of here: whoever needs those polls."""
     _event_listeners.append(listener)
     return lambda: _event_listeners.remove(listener) if listener in _event_listeners else None
 
@@ -139,9 +140,10 @@ def write_session(url: str | None = None) -> Iterator[Session]:
     with Session(get_catalog(url).writer, expire_on_commit=False) as session:
         with session.begin():
             yield session
-        if session.info.pop(EVENTS_WRITTEN, False):
+        events = session.info.pop(EVENTS_WRITTEN, None)
+        if events:
             for listener in list(_event_listeners):
                 try:
-                    listener()
+                    listener(events)
                 except Exception:  # a listener's failure is not the writer's
                     logger.exception("event listener failed")

@@ -64,6 +64,13 @@ class Settings(BaseSettings):
     webhook_timeout_seconds: float = Field(
         default=10.0, gt=0, description="How long one delivery attempt may take."
     )
+    prefect_events: bool = Field(
+        default=True,
+        description=(
+            "Also send every job event as a Prefect event (`prefect-jobs.job.completed`...) "
+            "when a Prefect server is configured, for Prefect automations."
+        ),
+    )
     api_key_cache_seconds: float = Field(
         default=1.0,
         ge=0,

@@ -12,7 +12,7 @@ import sqlalchemy as sa
 from sqlmodel import Session, col, func, select
 from sqlmodel.sql.expression import SelectOfScalar
 
-from jobs_plugin import ids
+from jobs_plugin import db, ids, prefect_events
 from jobs_plugin.catalog import webhooks
 from jobs_plugin.db import EVENTS_WRITTEN, read_session, write_session
 from jobs_plugin.errors import (
@@ -73,6 +73,10 @@ _TOPIC_STATUS = {
     Topic.FAILED: JobStatus.FAILED,
     Topic.CANCELED: JobStatus.CANCELED,
 }
+
+
+# Every event this process commits is also a Prefect event (when a Prefect server is set).
+db.listen_for_events(prefect_events.emit)
 
 
 # --------------------------------------------------------------------------- organizations
@@ -879,7 +883,7 @@ def _emit(
     session.add(event)
     session.flush()
     webhooks.enqueue(session, event)
-    session.info[EVENTS_WRITTEN] = True
+    session.info.setdefault(EVENTS_WRITTEN, []).append(event)
     return event
 
 

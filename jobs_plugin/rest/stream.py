@@ -14,8 +14,9 @@ import asyncio
 import contextlib
 import json
 import logging
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import anyio
 
@@ -73,7 +74,7 @@ class EventHub:
     async def start(self) -> None:
         loop = asyncio.get_running_loop()
 
-        def poke() -> None:
+        def poke(events: Sequence[Any]) -> None:
             loop.call_soon_threadsafe(self._poke.set)
 
         # Events committed in this process (runs the server executes) wake the poller at once;
