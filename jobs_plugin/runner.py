@@ -10,6 +10,7 @@ stops it before the next step or interrupts the running one.
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 from collections.abc import Callable
 from functools import partial
@@ -19,13 +20,15 @@ import anyio.to_thread
 from prefect import State, tags
 from prefect.client.schemas.objects import StateType
 from prefect.context import FlowRunContext
-from prefect.states import Cancelled, Completed, Failed
+from prefect.states import Cancelled, Completed, Crashed, Failed
 
-from jobs_plugin import catalog, compiler, context, isolation
+from jobs_plugin import artifacts, catalog, compiler, context, isolation
 from jobs_plugin.models import JobRun
 from jobs_plugin.planner import PlannedStep
 from jobs_plugin.settings import get_settings
 from jobs_plugin.translation import WorkflowRunStatus, workflow_status_for_state
+
+logger = logging.getLogger("prefect_jobs.runner")
 
 
 def plan_rows(steps: list[PlannedStep]) -> list[dict[str, Any]]:
@@ -59,11 +62,18 @@ async def run_plan(
     else:  # the flow's on_running hook has recorded EXECUTING already
         run = catalog.get_run(run_id)
     writes = SerialWrites()
+    shown = artifacts.RunArtifacts(snapshot["name"], run, steps)
+    final: State[Any] = Crashed(message="the job's flow ended unexpectedly")
     try:
         with tags(*compiler.job_tags(snapshot, run.id)):
-            return await _run_steps(snapshot, steps, run, writes)
+            final = await _run_steps(snapshot, steps, run, writes, shown)
+            return final
     finally:
         await writes.drain()
+        try:
+            await shown.finish(catalog.get_run(run.id), final)
+        except Exception as exc:  # the run's own result stands
+            logger.warning("could not show the outcome of run %s: %s", run.id, exc)
 
 
 class SerialWrites:
@@ -90,7 +100,11 @@ class SerialWrites:
 
 
 async def _run_steps(
-    snapshot: dict[str, Any], steps: list[PlannedStep], run: JobRun, writes: SerialWrites
+    snapshot: dict[str, Any],
+    steps: list[PlannedStep],
+    run: JobRun,
+    writes: SerialWrites,
+    shown: artifacts.RunArtifacts,
 ) -> State[Any]:
     settings = get_settings()
     records = {r.position: r for r in catalog.list_workflow_runs(run.id)}
@@ -129,6 +143,9 @@ async def _run_steps(
                 writes.submit(
                     catalog.start_workflow_run, record.id, prefect_flow_run_id=str(flow_run.id)
                 )
+                if shown.due():
+                    latest = await anyio.to_thread.run_sync(catalog.get_run, run.id)
+                    shown.update(latest, current=step.workflow_id)
                 outcome = await isolation.run_step(
                     step.isolation,
                     step_flow,

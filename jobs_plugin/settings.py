@@ -71,6 +71,10 @@ class Settings(BaseSettings):
             "when a Prefect server is configured, for Prefect automations."
         ),
     )
+    prefect_artifacts: bool = Field(
+        default=True,
+        description="Show each run's progress, plan and outcome as artifacts in the Prefect UI.",
+    )
     api_key_cache_seconds: float = Field(
         default=1.0,
         ge=0,
