@@ -465,12 +465,10 @@ def iter_sheet_csv(
         buffer = io.StringIO()
         writer = csv.writer(buffer)
         writer.writerow(keys)
-        batches = store.stream_records(org, sheet_id, query, batch=5000)
+        batches = store.stream_values(org, sheet_id, query, batch=5000)
         with contextlib.closing(batches):
             for batch in batches:
-                writer.writerows(
-                    [formats.csv_cell(r._mapping["values"].get(k)) for k in keys] for r in batch
-                )
+                writer.writerows([formats.csv_cell(v.get(k)) for k in keys] for v in batch)
                 yield buffer.getvalue().encode("utf-8")
                 buffer.seek(0)
                 buffer.truncate()

@@ -691,7 +691,7 @@ async def export(
                 for sheet in group:
                     keys = [f.key for f in sheet.sheet_config.fields]
                     writer.start_sheet(sheet.name, keys)
-                    batches = store.stream_records(org, sheet.id, query, batch=size)
+                    batches = store.stream_values(org, sheet.id, query, batch=size)
                     try:
                         while True:
                             n = await _thread(_export_batch, batches, writer)
@@ -734,11 +734,11 @@ async def export(
     return outcome
 
 
-def _export_batch(batches: Iterator[list[Any]], writer: formats.Writer) -> int | None:
+def _export_batch(batches: Iterator[list[dict[str, Any]]], writer: formats.Writer) -> int | None:
     batch = next(batches, None)
     if batch is None:
         return None
-    writer.write([r._mapping["values"] for r in batch])
+    writer.write(batch)
     return len(batch)
 
 

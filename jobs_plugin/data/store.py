@@ -13,13 +13,13 @@ crash leaves whole chunks only and a retry never writes a chunk twice.
 
 from __future__ import annotations
 
-import json
 import threading
 from collections.abc import Generator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import orjson
 import sqlalchemy as sa
 from sqlmodel import Session, col, func, select
 
@@ -564,24 +564,28 @@ def record_counts(organization_id: str, sheet_id: str) -> RecordCounts:
     return RecordCounts(total=int(total), valid=int(total) - int(errors), error=int(errors))
 
 
-def stream_records(
+def stream_values(
     organization_id: str,
     sheet_id: str,
     query: RecordQuery,
     *,
     batch: int = 10_000,
-) -> Generator[list[sa.Row[Any]], None, None]:
-    """Every matching record, in batches, from one consistent read (a streamed cursor)."""
+) -> Generator[list[dict[str, Any]], None, None]:
+    """The ``values`` of every matching record, in batches, from one consistent read: what an
+    export needs, read as JSON text and decoded with orjson (no SQLAlchemy row per record)."""
     sheet = get_sheet(organization_id, sheet_id)
     where = _conditions(sheet_id, query)
+    loads = orjson.loads
     with get_store().reader.connect() as conn:
         conn = conn.execution_options(stream_results=True, yield_per=batch)
         with conn.begin():
             result = conn.execute(
-                sa.select(record_table).where(*where).order_by(*_sortable(query, sheet))
+                sa.select(sa.cast(R["values"], sa.Text))
+                .where(*where)
+                .order_by(*_sortable(query, sheet))
             )
             for part in result.partitions(batch):
-                yield list(part)
+                yield [loads(text) if text else {} for (text,) in part]
 
 
 def records_after(
@@ -673,7 +677,9 @@ def delete_records(organization_id: str, sheet_id: str, seqs: Sequence[int]) -> 
         return int(result.rowcount)
 
 
-_encode = json.JSONEncoder(ensure_ascii=False, separators=(",", ":")).encode
+def _encode(value: Any) -> str:
+    """Compact JSON text (orjson: several times faster than the standard library's)."""
+    return orjson.dumps(value, option=orjson.OPT_NON_STR_KEYS).decode()
 
 
 def _insert_bulk(conn: sa.Connection, sheet_id: str, rows: Sequence[Row]) -> tuple[int, int]:
