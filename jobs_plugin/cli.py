@@ -480,6 +480,7 @@ def _run_tables(run: JobRunPublic) -> tuple[Table, Table]:
             ("retryOf", run.retry_of),
             ("jobVersion", run.job_version),
             ("prefectFlowRunId", run.prefect_flow_run_id),
+            ("prefectUrl", run.prefect_url),
             ("createdAt", run.created_at),
             ("startedAt", run.started_at),
             ("finishedAt", run.finished_at),
@@ -1102,7 +1103,7 @@ def demo(
         subscription.close(drain=True)
     typer.echo(f"reports: {output_dir / day}")
     if final.prefect_flow_run_id:
-        typer.echo(f"prefect flow run: {final.prefect_flow_run_id}")
+        typer.echo(f"prefect flow run: {final.prefect_url or final.prefect_flow_run_id}")
     _exit_for(final)
 
 
