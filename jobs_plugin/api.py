@@ -606,6 +606,14 @@ def retry(
     return _sync(aretry(run_id, wait=wait, organization=organization, actor=actor))
 
 
+def reconcile() -> list[JobRunPublic]:
+    """End the unfinished runs, of every organization, whose process died (see
+    ``jobs_plugin.reconciler``); the runs it ended. Idempotent."""
+    from jobs_plugin.reconciler import reconcile_once
+
+    return list(_runs_public(reconcile_once()).values())
+
+
 def get_run(run_id: str, *, organization: str | None = None) -> JobRunPublic:
     return run_public(catalog.get_run(run_id, organization_id(organization)))
 

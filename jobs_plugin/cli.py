@@ -1133,6 +1133,32 @@ def api_server(
 
 
 @app.command()
+def reconcile(
+    watch: Annotated[
+        bool, typer.Option("--watch", help="Go on every --interval seconds until Ctrl-C.")
+    ] = False,
+    interval: Annotated[
+        float | None,
+        typer.Option(
+            "--interval", min=0.1, help="Seconds between passes [PREFECT_JOBS_RECONCILE_SECONDS]."
+        ),
+    ] = None,
+) -> None:
+    """End the runs whose process died (no heartbeat for PREFECT_JOBS_CRASH_AFTER_SECONDS).
+
+    Prints each run it ended. Safe to run in several copies, and beside `prefect-jobs api`,
+    which reconciles on its own."""
+    every = interval or get_settings().reconcile_seconds or 5.0
+    while True:
+        with _embedded_prefect():
+            for run in jp.reconcile():
+                typer.echo(f"run {run.id} of job {run.job_id}: {run.status.value}: {run.info}")
+        if not watch:
+            return
+        time.sleep(every)
+
+
+@app.command()
 def up(
     ctx: typer.Context,
     host: Annotated[

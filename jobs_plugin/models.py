@@ -409,6 +409,7 @@ class JobRun(JobRunBase, table=True):
     prefect_flow_run_id: str | None = Field(default=None, max_length=40, index=True)
     cancel_requested_at: datetime | None = _ts(nullable=True)
     outcome_acknowledged_at: datetime | None = _ts(nullable=True)
+    heartbeat_at: datetime | None = _ts(nullable=True)
     created_by: str | None = Field(default=None, max_length=200)
     created_at: datetime = _ts()
     updated_at: datetime = _ts()
@@ -467,6 +468,9 @@ class JobRunPublic(JobRunBase):
     prefect_flow_run_id: str | None
     cancel_requested_at: datetime | None
     outcome_acknowledged_at: datetime | None = None
+    heartbeat_at: datetime | None = PydanticField(
+        default=None, description="Last sign of life of the process running the run."
+    )
     created_at: datetime
     updated_at: datetime
     started_at: datetime | None

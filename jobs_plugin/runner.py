@@ -62,6 +62,7 @@ async def run_plan(
     else:  # the flow's on_running hook has recorded EXECUTING already
         run = catalog.get_run(run_id)
     writes = SerialWrites()
+    beating = asyncio.ensure_future(_heartbeat(run.id, get_settings().heartbeat_seconds))
     shown = artifacts.RunArtifacts(snapshot["name"], run, steps)
     final: State[Any] = Crashed(message="the job's flow ended unexpectedly")
     try:
@@ -69,11 +70,23 @@ async def run_plan(
             final = await _run_steps(snapshot, steps, run, writes, shown)
             return final
     finally:
+        beating.cancel()
         await writes.drain()
         try:
             await shown.finish(catalog.get_run(run.id), final)
         except Exception as exc:  # the run's own result stands
             logger.warning("could not show the outcome of run %s: %s", run.id, exc)
+
+
+async def _heartbeat(run_id: str, every: float) -> None:
+    """Record that this process is alive and running the run, until canceled (see
+    ``jobs_plugin.reconciler``)."""
+    while True:
+        try:
+            await anyio.to_thread.run_sync(catalog.beat, run_id)
+        except Exception as exc:  # a busy catalog: the next beat may get through
+            logger.warning("could not record the heartbeat of run %s: %s", run_id, exc)
+        await asyncio.sleep(every)
 
 
 class SerialWrites:

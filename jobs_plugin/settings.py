@@ -64,6 +64,24 @@ class Settings(BaseSettings):
     webhook_timeout_seconds: float = Field(
         default=10.0, gt=0, description="How long one delivery attempt may take."
     )
+    heartbeat_seconds: float = Field(
+        default=5.0,
+        gt=0,
+        description="How often the process running a job run records that it is alive.",
+    )
+    crash_after_seconds: float = Field(
+        default=20.0,
+        gt=0,
+        description=(
+            "A run not heard of for this long (no heartbeat) is ended FAILED as crashed by the "
+            "reconciler."
+        ),
+    )
+    reconcile_seconds: float = Field(
+        default=5.0,
+        ge=0,
+        description="How often the REST API server reconciles unfinished runs (0: never).",
+    )
     prefect_events: bool = Field(
         default=True,
         description=(

@@ -562,39 +562,46 @@ def observe_state(
         run = _locked_run(session, run_id)
         if prefect_flow_run_id and not run.prefect_flow_run_id:
             run.prefect_flow_run_id = prefect_flow_run_id
-        transition = translate(run.status, state_type, state_name)
-        if not transition.changed:
-            session.add(run)
-            return run
-        now = utcnow()
-        run.status = transition.status
-        run.updated_at = now
-        if transition.status is JobStatus.EXECUTING or (
-            transition.status is JobStatus.COMPLETED and run.started_at is None
-        ):
-            run.started_at = run.started_at or now
-        if transition.status.is_terminal:
-            run.finished_at = now
-            if transition.status is JobStatus.COMPLETED:
-                run.processed = run.parts
-                run.progress = 100
-            run.info = message or run.info
-            ending = {
-                "heading": transition.status.value.capitalize(),
-                "message": message or _default_outcome(transition.status, run),
-            }
-            # A workflow's own outcome (``ctx.set_outcome``) stands when the run completes;
-            # on failure its extra keys stay but the heading and message say what went wrong.
-            reported = run.outcome or {}
-            run.outcome = (
-                ending | reported if transition.status is JobStatus.COMPLETED else reported | ending
-            )
-        session.add(run)
-        _sync_job_status(session, run)
-        for topic in transition.topics:
-            payload = _run_payload(run) | {"status": _TOPIC_STATUS[topic].value}
-            _emit(session, None, run, topic, payload)
+        _apply_state(session, run, state_type, state_name, message)
     return run
+
+
+def _apply_state(
+    session: Session, run: JobRun, state_type: Any, state_name: str | None, message: str | None
+) -> None:
+    """The translation of a Prefect state applied to a locked run, with its events."""
+    transition = translate(run.status, state_type, state_name)
+    if not transition.changed:
+        session.add(run)
+        return
+    now = utcnow()
+    run.status = transition.status
+    run.updated_at = now
+    if transition.status is JobStatus.EXECUTING or (
+        transition.status is JobStatus.COMPLETED and run.started_at is None
+    ):
+        run.started_at = run.started_at or now
+    if transition.status.is_terminal:
+        run.finished_at = now
+        if transition.status is JobStatus.COMPLETED:
+            run.processed = run.parts
+            run.progress = 100
+        run.info = message or run.info
+        ending = {
+            "heading": transition.status.value.capitalize(),
+            "message": message or _default_outcome(transition.status, run),
+        }
+        # A workflow's own outcome (``ctx.set_outcome``) stands when the run completes;
+        # on failure its extra keys stay but the heading and message say what went wrong.
+        reported = run.outcome or {}
+        run.outcome = (
+            ending | reported if transition.status is JobStatus.COMPLETED else reported | ending
+        )
+    session.add(run)
+    _sync_job_status(session, run)
+    for topic in transition.topics:
+        payload = _run_payload(run) | {"status": _TOPIC_STATUS[topic].value}
+        _emit(session, None, run, topic, payload)
 
 
 def _default_outcome(status: JobStatus, run: JobRun) -> str:
@@ -786,6 +793,70 @@ def acknowledge_outcome(run_id: str, organization_id: str, *, actor: str | None 
             session.add(run)
             payload = _run_payload(run) | {"acknowledgedBy": actor}
             _emit(session, None, run, Topic.OUTCOME_ACKNOWLEDGED, payload)
+    return run
+
+
+def beat(run_id: str) -> None:
+    """The process running the run is alive (``heartbeat_at``; no event)."""
+    with write_session() as session:
+        session.execute(
+            sa.update(JobRun)
+            .where(
+                col(JobRun.id) == run_id,
+                col(JobRun.status).in_([s.value for s in JobStatus if not s.is_terminal]),
+            )
+            .values(heartbeat_at=utcnow())
+        )
+
+
+def stale_runs(older_than: datetime, limit: int = 100) -> list[JobRun]:
+    """Unfinished runs of managed jobs, of every organization, whose last sign of life
+    (heartbeat, else start, else creation) is older than ``older_than``; what the reconciler
+    looks at. Runs of ``managed: false`` jobs are their callers' and never looked at."""
+    alive = sa.func.coalesce(JobRun.heartbeat_at, JobRun.started_at, JobRun.created_at)
+    with read_session() as session:
+        return list(
+            session.exec(
+                select(JobRun)
+                .join(Job, col(Job.id) == col(JobRun.job_id))
+                .where(
+                    col(JobRun.status).in_([s.value for s in JobStatus if not s.is_terminal]),
+                    alive < older_than,
+                    col(Job.managed).is_(True),
+                )
+                .order_by(col(JobRun.created_at))
+                .limit(limit)
+            ).all()
+        )
+
+
+def end_stale_run(
+    run_id: str,
+    older_than: datetime,
+    state_type: Any,
+    state_name: str,
+    message: str,
+) -> JobRun | None:
+    """End an unfinished run in the given (Prefect) state, unless it showed a sign of life
+    after ``older_than`` meanwhile; its running workflow becomes FAILED and the workflows after
+    it NOT_RUN, so a retry starts at the interrupted one. ``None`` when nothing was done (it
+    ended or came alive): safe to call from several reconcilers at once."""
+    with write_session() as session:
+        run = _locked_run(session, run_id)
+        alive = run.heartbeat_at or run.started_at or run.created_at
+        if run.status.is_terminal or alive >= older_than:
+            return None
+        now = utcnow()
+        for step in _workflow_runs(session, run.id):
+            if step.status is WorkflowRunStatus.RUNNING:
+                step.status = WorkflowRunStatus.FAILED
+                step.error = message
+                step.finished_at = now
+                session.add(step)
+            elif step.status is WorkflowRunStatus.PENDING:
+                step.status = WorkflowRunStatus.NOT_RUN
+                session.add(step)
+        _apply_state(session, run, state_type, state_name, message)
     return run
 
 

@@ -8,6 +8,7 @@ from contextlib import asynccontextmanager
 import anyio
 from fastapi import APIRouter, FastAPI
 
+from jobs_plugin.reconciler import Reconciler
 from jobs_plugin.rest import errors
 from jobs_plugin.rest.routes import (
     events,
@@ -31,12 +32,17 @@ async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
     app.state.event_hub = hub
     await hub.start()
     dispatcher = Dispatcher(settings).start() if settings.webhook_dispatch else None
+    reconciler = (
+        Reconciler(settings.reconcile_seconds).start() if settings.reconcile_seconds else None
+    )
     try:
         yield
     finally:
         await hub.stop()
         if dispatcher is not None:
             await anyio.to_thread.run_sync(dispatcher.stop)
+        if reconciler is not None:
+            await anyio.to_thread.run_sync(reconciler.stop)
 
 
 def create_app() -> FastAPI:
