@@ -74,22 +74,28 @@ def flatfile_run(server_url: str, tmp_path: Path) -> Iterator[dict[str, Any]]:
         "releasePath": str(release),
     }
     try:
-        done = subprocess.run(
-            ["node", "jobs.js", json.dumps(options)],
-            cwd=NODE_DIR,
-            capture_output=True,
-            text=True,
-            timeout=240,
-        )
+        output = _run_node("jobs.js", options)
     finally:
         release.write_text("go")  # never leave a run waiting
         engine.wait_for_background(timeout=60)
+    output["jobId"] = job.id
+    yield output
+
+
+def _run_node(script: str, options: dict[str, Any]) -> dict[str, Any]:
+    """Run one of the scripts in tests/node; its one JSON line of output."""
+    done = subprocess.run(
+        ["node", script, json.dumps(options)],
+        cwd=NODE_DIR,
+        capture_output=True,
+        text=True,
+        timeout=240,
+    )
     assert done.returncode == 0, done.stderr
     lines = done.stdout.strip().splitlines()
     assert lines, f"the script printed nothing; stderr:\n{done.stderr}"
     output: dict[str, Any] = json.loads(lines[-1])
-    output["jobId"] = job.id
-    yield output
+    return output
 
 
 def _route(path: str) -> str:
@@ -195,17 +201,9 @@ def test_flatfile_client_uploads_extracts_reads_exports_and_downloads(
     _, key = jp.create_api_key()
     options = {"baseUrl": server_url, "token": key, "csvPath": str(source), "outPath": str(out)}
     try:
-        done = subprocess.run(
-            ["node", "data.js", json.dumps(options)],
-            cwd=NODE_DIR,
-            capture_output=True,
-            text=True,
-            timeout=240,
-        )
+        output = _run_node("data.js", options)
     finally:
         engine.wait_for_background(timeout=60)
-    assert done.returncode == 0, done.stderr
-    output: dict[str, Any] = json.loads(done.stdout.strip().splitlines()[-1])
     problems = _problems(output)
     assert not problems, "Flatfile's client vs our server:\n" + "\n".join(problems)
     steps = {s["name"]: s for s in output["steps"]}

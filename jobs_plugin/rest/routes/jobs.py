@@ -263,16 +263,26 @@ def ack_job(
     return one(job_object(job, organization))
 
 
+def _finish(
+    job_id: str, organization: str, body: JobOutcomeReport | None, succeeded: bool
+) -> dict[str, Any]:
+    body = body or JobOutcomeReport()
+    job = jp.finish_job(
+        job_id,
+        succeeded=succeeded,
+        outcome=body.outcome,
+        info=body.info,
+        organization=organization,
+    )
+    return one(job_object(job, organization))
+
+
 @router.post("/{jobId}/complete")
 def complete_job(
     job_id: JobId, organization: OrganizationDep, body: JobOutcomeReport | None = None
 ) -> dict[str, Any]:
     """A job you run yourself succeeded: COMPLETED, with your ``outcome``."""
-    body = body or JobOutcomeReport()
-    job = jp.finish_job(
-        job_id, succeeded=True, outcome=body.outcome, info=body.info, organization=organization
-    )
-    return one(job_object(job, organization))
+    return _finish(job_id, organization, body, succeeded=True)
 
 
 @router.post("/{jobId}/fail")
@@ -280,11 +290,7 @@ def fail_job(
     job_id: JobId, organization: OrganizationDep, body: JobOutcomeReport | None = None
 ) -> dict[str, Any]:
     """A job you run yourself failed: FAILED, with your ``outcome``."""
-    body = body or JobOutcomeReport()
-    job = jp.finish_job(
-        job_id, succeeded=False, outcome=body.outcome, info=body.info, organization=organization
-    )
-    return one(job_object(job, organization))
+    return _finish(job_id, organization, body, succeeded=False)
 
 
 @router.post("/{jobId}/outcome/ack")
