@@ -1,6 +1,7 @@
-"""Crash reconciliation with real processes: a job process killed with SIGKILL mid-workflow
-leaves its run EXECUTING; the reconciler ends it FAILED (crashed, with the reason) and
-``job:failed``, and ``retry`` completes it without running the finished workflow again."""
+"""Runs in other processes, for real: a job process killed with SIGKILL mid-workflow leaves its
+run EXECUTING, the reconciler ends it FAILED (crashed, with the reason) and ``job:failed``, and
+``retry`` completes it without running the finished workflow again; a run executing in another
+process is canceled from this one."""
 
 from __future__ import annotations
 
@@ -145,3 +146,47 @@ def test_a_run_stuck_in_planning_without_a_flow_run_is_failed(fast_crash: None) 
     run = jp.get_run(orphan.id)
     assert run.status.value == "FAILED" and run.info and run.info.startswith("crashed")
     assert jp.get_job(job.id).status.value == "FAILED"
+
+
+def _gone(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    return False
+
+
+def test_a_run_executing_in_another_process_is_canceled_from_here(
+    fast_crash: None, tmp_path: Path
+) -> None:
+    """Cancel goes through the catalog: the process running the job (here a separate one, as
+    a runner or worker would be) stops it, kills the workflow's own process, ends CANCELED."""
+    started = tmp_path / "started"
+    job = jp.create_job(
+        name="canceled from elsewhere",
+        job_config_json={
+            "workflowExecutionOrder": [
+                {
+                    "workflowId": "test.sync-sleep",
+                    "isolation": "process",
+                    "parameters": {"seconds": 120, "started_path": str(started)},
+                }
+            ]
+        },
+    )
+    process = _job_process(job.id)
+    try:
+        _wait_for(lambda: started.exists() and started.read_text().isdigit(), 120, "the workflow")
+        workflow_pid = int(started.read_text())
+        run_id = jp.get_job(job.id).last_run_id
+        assert run_id is not None
+        jp.cancel(run_id)
+        assert process.wait(timeout=60) == 0  # the job process finished its run and exited
+    finally:
+        if process.poll() is None:
+            process.kill()
+    run = jp.get_run(run_id)
+    assert run.status.value == "CANCELED", run.outcome
+    assert jp.list_events(run_id=run_id)[-1].topic == "job:canceled"
+    _wait_for(lambda: _gone(workflow_pid), 10, "the workflow's process to be gone")
+    assert jp.reconcile() == []
