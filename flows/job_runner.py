@@ -18,10 +18,12 @@ from prefect import flow
 from prefect.states import Cancelled
 
 import jobs_plugin as jp
+from jobs_plugin import engine
+from jobs_plugin.dispatch import JOB_RUNNER_DEPLOYMENT, JOB_RUNNER_FLOW, JOB_RUNNER_NAME
 
-FLOW_NAME = "prefect-jobs: run job"
-DEPLOYMENT_NAME = "job-runner"
-DEPLOYMENT = f"{FLOW_NAME}/{DEPLOYMENT_NAME}"
+FLOW_NAME = JOB_RUNNER_FLOW
+DEPLOYMENT_NAME = JOB_RUNNER_NAME
+DEPLOYMENT = JOB_RUNNER_DEPLOYMENT
 """The full name ``run_deployment`` and ``prefect deployment run`` take."""
 
 
@@ -44,10 +46,14 @@ async def run_job(
     """Execute job ``job_id`` (its current version, or ``version``) for ``organization``
     (default: the settings' default organization) and return the run's final status.
 
-    ``run_id``: an existing PLANNING run to execute instead of a new one. Reserved: it is
-    ignored for now, and a new run is always created.
+    ``run_id``: the run a non-blocking execute dispatched here (READY, waiting for this flow
+    run): it is executed instead of a new one; one that has started or ended already is left
+    as it is.
     """
-    run = await jp.aexecute(job_id, version=version, organization=organization)
+    if run_id is not None:
+        run = jp.api.run_public(await engine.launch_existing(run_id))
+    else:
+        run = await jp.aexecute(job_id, version=version, organization=organization)
     outcome = (run.outcome or {}).get("message")
     summary = f"job run {run.id} ended {run.status.value}" + (f": {outcome}" if outcome else "")
     if run.status is jp.JobStatus.FAILED:

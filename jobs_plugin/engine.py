@@ -20,9 +20,10 @@ from prefect.client.schemas.objects import FlowRun, StateType
 from prefect.flow_engine import run_flow_async
 from prefect.states import Pending
 
-from jobs_plugin import catalog, compiler, planner, runner
+from jobs_plugin import catalog, compiler, dispatch, planner, runner
 from jobs_plugin.errors import ExecutionError, ValidationError
 from jobs_plugin.models import JobRun
+from jobs_plugin.translation import JobStatus
 
 logger = logging.getLogger("prefect_jobs.engine")
 _background: set[threading.Thread] = set()
@@ -58,16 +59,32 @@ def cancel(run_id: str, organization_id: str | None = None, *, info: str | None 
     run = catalog.request_cancel(run_id, organization_id, info=info)
     if not run.snapshot.get("managed", True):  # nobody of ours runs it: it ends here
         return catalog.observe_state(run.id, StateType.CANCELLED, "Cancelled")
+    if dispatch.cancel_waiting(run):  # no runner has started it: nobody else will end it
+        return catalog.observe_state(
+            run.id, StateType.CANCELLED, "Cancelled", message="canceled before it started"
+        )
     return run
+
+
+async def launch_existing(run_id: str) -> JobRun:
+    """Run a run that was dispatched to the job-runner deployment, here (the runner's side);
+    a run that has started or ended already is left as it is (a flow run delivered twice)."""
+    run = catalog.get_run(run_id)
+    if run.status not in (JobStatus.PLANNING, JobStatus.READY):
+        return run
+    return await _launch(run)
 
 
 async def launch(run: JobRun, *, wait: bool) -> JobRun:
     """Plan, create the Prefect flow run and run it; in a background thread unless ``wait``.
 
     A run of a job its caller runs (``managed: false``) only enters READY (``job:waiting``):
-    the caller reports it (``ack``, ``complete``, ``fail``)."""
+    the caller reports it (``ack``, ``complete``, ``fail``). Without ``wait``, the run goes to
+    the job-runner deployment when there is one (see ``jobs_plugin.dispatch``)."""
     if not run.snapshot.get("managed", True):
         return catalog.observe_state(run.id, StateType.PENDING, "Pending")
+    if not wait and await dispatch.via_deployment():
+        return await dispatch.dispatch(run)
     if not wait:
         thread = threading.Thread(
             target=_launch_in_thread, args=(run,), name=f"prefect-jobs-{run.id}"
@@ -113,7 +130,11 @@ async def _launch(run: JobRun) -> JobRun:
         )
         raise ExecutionError(f"could not create the Prefect flow run: {exc}") from exc
     run = catalog.observe_state(
-        run.id, StateType.PENDING, "Pending", prefect_flow_run_id=str(flow_run.id)
+        run.id,
+        StateType.PENDING,
+        "Pending",
+        prefect_flow_run_id=str(flow_run.id),
+        replace_flow_run=True,  # a dispatched run pointed at the runner's flow run until now
     )
     await _drive(flow, flow_run, run.id)
     return catalog.get_run(run.id)

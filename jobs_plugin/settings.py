@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from functools import lru_cache
 from pathlib import Path
+from typing import Literal
 
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -63,6 +64,14 @@ class Settings(BaseSettings):
     )
     webhook_timeout_seconds: float = Field(
         default=10.0, gt=0, description="How long one delivery attempt may take."
+    )
+    execute_via: Literal["auto", "thread", "deployment"] = Field(
+        default="auto",
+        description=(
+            "Where a non-blocking execute runs: `thread` (a thread of the calling process), "
+            "`deployment` (a flow run of the job-runner deployment, for its runner or "
+            "workers) or `auto` (the deployment when the Prefect server has it)."
+        ),
     )
     heartbeat_seconds: float = Field(
         default=5.0,

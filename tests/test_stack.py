@@ -290,6 +290,19 @@ def test_a_job_executed_over_rest_completes_on_the_stack_server(stack: Up) -> No
     flow_run = httpx.get(f"{stack.prefect_url}/api/flow_runs/{run['prefectFlowRunId']}")
     assert flow_run.status_code == 200
     assert flow_run.json()["state"]["type"] == "COMPLETED"
+    # The API server did not run it: it went to the job-runner deployment, whose runner did.
+    flow, name = DEPLOYMENT.split("/")
+    deployment = httpx.get(f"{stack.prefect_url}/api/deployments/name/{flow}/{name}").json()
+    dispatched = httpx.post(
+        f"{stack.prefect_url}/api/flow_runs/filter",
+        json={"flow_runs": {"deployment_id": {"any_": [deployment["id"]]}}},
+    ).json()
+    mine = [f for f in dispatched if f["parameters"].get("run_id") == run_id]
+    assert len(mine) == 1 and mine[0]["state"]["type"] == "COMPLETED", dispatched
+    events = httpx.get(
+        f"{stack.api_url}/v1/events", params={"runId": run_id}, headers=bearer(key_of(stack))
+    ).json()["data"]
+    assert [e["topic"] for e in events][:2] == ["job:waiting", "job:started"]
 
 
 def test_the_runner_executes_job_runner_deployment_runs(stack: Up) -> None:

@@ -544,8 +544,10 @@ def observe_state(
     *,
     message: str | None = None,
     prefect_flow_run_id: str | None = None,
+    replace_flow_run: bool = False,
 ) -> JobRun:
-    """Apply a Prefect state of the run's flow run through the translation table.
+    """Apply a Prefect state of the run's flow run through the translation table; record
+    ``prefect_flow_run_id`` if the run has none (or, with ``replace_flow_run``, in any case).
 
     Idempotent and monotonic: observing the same or an older state again changes nothing
     (and costs only a read).
@@ -555,12 +557,16 @@ def observe_state(
         if (
             current is not None
             and not translate(current.status, state_type, state_name).changed
-            and (prefect_flow_run_id is None or current.prefect_flow_run_id)
+            and (
+                prefect_flow_run_id is None
+                or current.prefect_flow_run_id == prefect_flow_run_id
+                or (current.prefect_flow_run_id and not replace_flow_run)
+            )
         ):
             return current
     with write_session() as session:
         run = _locked_run(session, run_id)
-        if prefect_flow_run_id and not run.prefect_flow_run_id:
+        if prefect_flow_run_id and (replace_flow_run or not run.prefect_flow_run_id):
             run.prefect_flow_run_id = prefect_flow_run_id
         _apply_state(session, run, state_type, state_name, message)
     return run
