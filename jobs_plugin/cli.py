@@ -1121,7 +1121,8 @@ def api_server(
 
     Every request needs "Authorization: Bearer <key>" and acts for the key's organization.
     On the first start the organization gets a first key, printed once. Runs started over the
-    API execute in background threads of this process.
+    API go to the job-runner deployment when the Prefect server has one, else execute in
+    background threads of this process.
     """
     import uvicorn
 

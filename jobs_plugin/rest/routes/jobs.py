@@ -211,8 +211,9 @@ def execute_job(
     idempotency_key: IdempotencyKey = None,
 ) -> JSONResponse:
     """Start a run (of the current or a given ``version``) and answer at once; the run goes
-    on in the background. The body is Flatfile's bare success; the run's id is in ``X-Run-Id``.
-    """
+    on on the job-runner deployment's runner or workers when there is one, else in the
+    background of this server. The body is Flatfile's bare success; the run's id is in
+    ``X-Run-Id``."""
 
     def handle() -> tuple[dict[str, Any], dict[str, str]]:
         run = jp.execute(
