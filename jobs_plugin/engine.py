@@ -72,6 +72,9 @@ async def launch_existing(run_id: str) -> JobRun:
     run = catalog.get_run(run_id)
     if run.status not in (JobStatus.PLANNING, JobStatus.READY):
         return run
+    # Alive from now on: it may have waited longer than crash_after_seconds for this runner,
+    # and its flow's own heartbeats start only once that flow runs.
+    catalog.beat(run.id)
     return await _launch(run)
 
 
