@@ -794,16 +794,18 @@ def authenticate(secret: str) -> tuple[str, str]:
         if len(_authenticated) >= _AUTHENTICATED_LIMIT:
             _authenticated.clear()
         until = time.monotonic() + settings.api_key_cache_seconds
-        cache_key = (settings.resolved_database_url, catalog.hash_key(secret))
-        _authenticated[cache_key] = (until, (organization.name, key_id))
+        _authenticated[_cache_key(secret)] = (until, (organization.name, key_id))
     return organization.name, key_id
+
+
+def _cache_key(secret: str) -> tuple[str, str]:
+    return get_settings().resolved_database_url, catalog.hash_key(secret)
 
 
 def cached_caller(secret: str) -> tuple[str, str] | None:
     """What ``authenticate`` found for ``secret`` within the last ``api_key_cache_seconds``,
     without touching the database (``None``: ask ``authenticate``)."""
-    settings = get_settings()
-    hit = _authenticated.get((settings.resolved_database_url, catalog.hash_key(secret)))
+    hit = _authenticated.get(_cache_key(secret))
     if hit is None or hit[0] < time.monotonic():
         return None
     return hit[1]
