@@ -418,6 +418,11 @@ def compile_job(
     return compiler.compile_job(catalog.get_version(job_id, org_id, version).snapshot)
 
 
+def _check_version(version: int | None) -> None:
+    if version is not None and not 1 <= version <= MAX_VERSION:
+        raise ValidationError("version", f"must be from 1 to {MAX_VERSION}")
+
+
 def plan(
     job_id: str, *, version: int | None = None, organization: str | None = None
 ) -> list[dict[str, Any]]:
@@ -425,8 +430,7 @@ def plan(
     parameters, as a run would execute them; empty for a job its caller runs."""
     org_id = organization_id(organization)
     job = catalog.get_job(job_id, org_id)
-    if version is not None and not 1 <= version <= MAX_VERSION:
-        raise ValidationError("version", f"must be from 1 to {MAX_VERSION}")
+    _check_version(version)
     snapshot = (
         catalog.snapshot_of(job)
         if version is None or version == job.version
@@ -563,8 +567,7 @@ async def aexecute(
     organization: str | None = None,
     actor: str | None = None,
 ) -> JobRunPublic:
-    if version is not None and not 1 <= version <= MAX_VERSION:
-        raise ValidationError("version", f"must be from 1 to {MAX_VERSION}")
+    _check_version(version)
     run = await engine.execute(
         job_id, organization_id(organization), version=version, wait=wait, actor=actor
     )
@@ -785,16 +788,16 @@ def authenticate(secret: str) -> tuple[str, str]:
     otherwise); the key id is the actor of what a request does (a job's ``createdBy``).
 
     A key found active is remembered for ``api_key_cache_seconds`` (see ``cached_caller``)."""
-    found = cached_caller(secret)
+    cache_key = _cache_key(secret)
+    found = _cached(cache_key)
     if found is not None:
         return found
     organization, key_id = catalog.organization_for_key(secret)
-    settings = get_settings()
-    if settings.api_key_cache_seconds > 0:
+    seconds = get_settings().api_key_cache_seconds
+    if seconds > 0:
         if len(_authenticated) >= _AUTHENTICATED_LIMIT:
             _authenticated.clear()
-        until = time.monotonic() + settings.api_key_cache_seconds
-        _authenticated[_cache_key(secret)] = (until, (organization.name, key_id))
+        _authenticated[cache_key] = (time.monotonic() + seconds, (organization.name, key_id))
     return organization.name, key_id
 
 
@@ -802,13 +805,17 @@ def _cache_key(secret: str) -> tuple[str, str]:
     return get_settings().resolved_database_url, catalog.hash_key(secret)
 
 
-def cached_caller(secret: str) -> tuple[str, str] | None:
-    """What ``authenticate`` found for ``secret`` within the last ``api_key_cache_seconds``,
-    without touching the database (``None``: ask ``authenticate``)."""
-    hit = _authenticated.get(_cache_key(secret))
+def _cached(cache_key: tuple[str, str]) -> tuple[str, str] | None:
+    hit = _authenticated.get(cache_key)
     if hit is None or hit[0] < time.monotonic():
         return None
     return hit[1]
+
+
+def cached_caller(secret: str) -> tuple[str, str] | None:
+    """What ``authenticate`` found for ``secret`` within the last ``api_key_cache_seconds``,
+    without touching the database (``None``: ask ``authenticate``)."""
+    return _cached(_cache_key(secret))
 
 
 # --------------------------------------------------------------------------- webhooks

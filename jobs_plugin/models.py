@@ -410,6 +410,12 @@ class JobRun(JobRunBase, table=True):
     cancel_requested_at: datetime | None = _ts(nullable=True)
     outcome_acknowledged_at: datetime | None = _ts(nullable=True)
     heartbeat_at: datetime | None = _ts(nullable=True)
+
+    @property
+    def last_sign_of_life(self) -> datetime:
+        """Its heartbeat, else its start, else its creation: what crash detection goes by
+        (``catalog.stale_runs`` says the same in SQL)."""
+        return self.heartbeat_at or self.started_at or self.created_at
     created_by: str | None = Field(default=None, max_length=200)
     created_at: datetime = _ts()
     updated_at: datetime = _ts()

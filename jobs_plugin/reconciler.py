@@ -74,10 +74,6 @@ def _crash_flow_run(flow_run_id: str | None, message: str) -> None:
         logger.warning("could not mark Prefect flow run %s crashed: %s", flow_run_id, exc)
 
 
-def _last_sign_of_life(run: JobRun) -> datetime:
-    return run.heartbeat_at or run.started_at or run.created_at
-
-
 def reconcile_once(now: datetime | None = None) -> list[JobRun]:
     """One pass over the unfinished runs not heard of lately; the runs it ended."""
     settings = get_settings()
@@ -88,7 +84,7 @@ def reconcile_once(now: datetime | None = None) -> list[JobRun]:
         seen = _prefect_state(run.prefect_flow_run_id)
         if seen is not None and seen.type in _WAITING:
             continue
-        silent = (now - _last_sign_of_life(run)).total_seconds()
+        silent = (now - run.last_sign_of_life).total_seconds()
         final: tuple[Any, str, str]
         if seen is not None and seen.type not in (StateType.RUNNING, StateType.CANCELLING):
             message = seen.message or f"Prefect ended the flow run {seen.name}"
@@ -96,7 +92,7 @@ def reconcile_once(now: datetime | None = None) -> list[JobRun]:
         else:
             reason = (
                 f"crashed: nothing heard from the process running it for {silent:.0f} s "
-                f"(last sign of life {_last_sign_of_life(run).isoformat(timespec='seconds')})"
+                f"(last sign of life {run.last_sign_of_life.isoformat(timespec='seconds')})"
             )
             final = (StateType.CRASHED, "Crashed", reason)
         result = catalog.end_stale_run(run.id, older_than, *final)

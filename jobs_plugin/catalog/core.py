@@ -849,8 +849,7 @@ def end_stale_run(
     ended or came alive): safe to call from several reconcilers at once."""
     with write_session() as session:
         run = _locked_run(session, run_id)
-        alive = run.heartbeat_at or run.started_at or run.created_at
-        if run.status.is_terminal or alive >= older_than:
+        if run.status.is_terminal or run.last_sign_of_life >= older_than:
             return None
         now = utcnow()
         for step in _workflow_runs(session, run.id):

@@ -52,7 +52,6 @@ def begin(
                     )
                 )
                 return None
-            session.expunge(record)
     except IntegrityError as exc:  # another request claimed it between our read and write
         raise ConflictError(f"a request with {HEADER} {key!r} is being handled") from exc
     if record.fingerprint != fingerprint:
