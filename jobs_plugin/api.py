@@ -22,7 +22,17 @@ from prefect.utilities.asyncutils import run_coro_as_sync
 from pydantic import BaseModel
 from pydantic.alias_generators import to_camel
 
-from jobs_plugin import catalog, compiler, engine, planner, registry
+from jobs_plugin import (
+    catalog,
+    compiler,
+    dispatch,
+    engine,
+    ids,
+    planner,
+    prefect_deployments,
+    registry,
+    schedules,
+)
 from jobs_plugin.errors import InvalidTransition, ValidationError
 from jobs_plugin.events import Subscription
 from jobs_plugin.models import (
@@ -37,6 +47,8 @@ from jobs_plugin.models import (
     JobPublic,
     JobRun,
     JobRunPublic,
+    JobSchedule,
+    JobSchedulePublic,
     JobUpdate,
     JobVersionPublic,
     Page,
@@ -116,6 +128,7 @@ def register_workflow(
     name: str | None = None,
     description: str | None = None,
     isolation: Isolation | str | None = None,
+    deployment: str | None = None,
     retries: int | None = None,
     retry_delay_seconds: float | None = None,
     timeout_seconds: float | None = None,
@@ -139,6 +152,7 @@ def register_workflow(
         "name": name,
         "description": description,
         "isolation": isolation,
+        "deployment": deployment,
         "retries": retries,
         "retry_delay_seconds": retry_delay_seconds,
         "timeout_seconds": timeout_seconds,
@@ -184,16 +198,39 @@ def get_workflow(workflow_id: str, *, organization: str | None = None) -> Workfl
     )
 
 
+def deploy_workflow(
+    workflow_id: str, *, pool: str | None = None, organization: str | None = None
+) -> str:
+    """Create or update the Prefect deployment of a workflow on the process work pool ``pool``
+    (default: ``PREFECT_JOBS_WORK_POOL``), so that steps with ``isolation: deployment`` run it
+    on that pool's workers. Returns its full name (``<flow name>/<workflow id>`` unless the
+    workflow names its deployment)."""
+    workflow = catalog.get_workflow(workflow_id, organization_id(organization))
+    flow = registry.load_flow(workflow.entrypoint)
+    return _sync(
+        prefect_deployments.deploy_workflow(workflow, flow, pool or get_settings().work_pool)
+    )
+
+
 # --------------------------------------------------------------------------- jobs
 
 
-def to_public(job: Job) -> JobPublic:
+def to_public(job: Job, schedule_rows: list[JobSchedule] | None = None) -> JobPublic:
+    """The job as the API shows it, with its schedules (read here unless given)."""
+    rows = catalog.schedules_of([job.id])[job.id] if schedule_rows is None else schedule_rows
     return JobPublic.model_validate(
         {
             **job.model_dump(),
             "job_config_json": JobConfigJson.model_validate(job.job_config_json or {}),
+            "schedules": [JobSchedulePublic.model_validate(row) for row in rows],
+            "prefect_deployment": dispatch.job_deployment(job.id) if rows else None,
         }
     )
+
+
+def _page_public(page: Page[Job]) -> Page[JobPublic]:
+    found = catalog.schedules_of([job.id for job in page.items])
+    return page.map(lambda job: to_public(job, found[job.id]))
 
 
 def _validation_error(exc: Exception) -> ValidationError:
@@ -258,7 +295,20 @@ def create_job(
     org_id = organization_id(organization)
     actor = actor or local_actor()
     _validate(job_spec, org_id)
-    job = catalog.create_job(org_id, job_spec, actor=actor)
+    job_id = ids.new_id(ids.JOB)
+    rows = schedules.rows_for(job_id, job_spec.schedules)
+    draft = Job(
+        id=job_id,
+        organization_id=org_id,
+        **job_spec.model_dump(exclude={"job_config_json", "schedules"}),
+    )
+    job = schedules.save(
+        draft,
+        [],
+        rows,
+        organization or get_settings().default_organization,
+        lambda: catalog.create_job(org_id, job_spec, actor=actor, job_id=job_id, schedules=rows),
+    )
     if job.trigger is Trigger.IMMEDIATE:
         _sync(engine.execute(job.id, org_id, wait=wait, actor=actor))
         job = catalog.get_job(job.id, org_id)
@@ -331,10 +381,10 @@ def list_jobs(
         touching=touching,
         sort_direction=sort_direction,
     )
-    return page.map(to_public)
+    return _page_public(page)
 
 
-_NOT_NULL = frozenset({"name", "trigger", "managed", "job_config_json"})
+_NOT_NULL = frozenset({"name", "trigger", "managed", "overlap", "job_config_json"})
 """Fields of a job that an update may change but never clear."""
 
 
@@ -365,14 +415,35 @@ def update_job(
         expected_version = update.version
     elif update.version is not None and update.version != expected_version:
         raise ValidationError("version", "differs from expected_version")
+    if "schedules" in update.model_fields_set and update.schedules is None:
+        raise ValidationError("schedules", "must not be null (`[]` removes them)")
     org_id = organization_id(organization)
     current = catalog.get_job(job_id, org_id)
-    merged = current.model_copy(update=update.model_dump(exclude_unset=True, exclude={"version"}))
+    merged = current.model_copy(
+        update=update.model_dump(exclude_unset=True, exclude={"version", "schedules"})
+    )
     if update.job_config_json is not None:
         merged.job_config_json = update.job_config_json.model_dump(by_alias=True, mode="json")
     _validate(merged, org_id)
-    job = catalog.update_job(
-        job_id, org_id, update, expected_version=expected_version, actor=actor or local_actor()
+    before = catalog.list_schedules(job_id, org_id)
+    after = (
+        schedules.rows_for(job_id, update.schedules, before)
+        if update.schedules is not None
+        else before
+    )
+    job = schedules.save(
+        merged,
+        before,
+        after,
+        organization or get_settings().default_organization,
+        lambda: catalog.update_job(
+            job_id,
+            org_id,
+            update,
+            expected_version=expected_version,
+            actor=actor or local_actor(),
+            schedules=after if update.schedules is not None else None,
+        ),
     )
     return to_public(job)
 
@@ -399,6 +470,8 @@ def delete_job(
             time.sleep(0.05)
             runs = catalog.unfinished_runs(job_id, org_id)
     catalog.delete_job(job_id, org_id, actor=actor or local_actor())
+    if catalog.schedules_of([job_id])[job_id]:
+        schedules.remove(job_id)
 
 
 def list_versions(job_id: str, *, organization: str | None = None) -> list[JobVersionPublic]:
@@ -821,7 +894,8 @@ def cached_caller(secret: str) -> tuple[str, str] | None:
 # --------------------------------------------------------------------------- webhooks
 
 
-def _model(cls: type[M], spec: M | dict[str, Any] | None, fields: dict[str, Any]) -> M:
+def model_from(cls: type[M], spec: M | dict[str, Any] | None, fields: dict[str, Any]) -> M:
+    """``cls`` from a model or a dict plus keyword fields; ``ValidationError`` naming the field."""
     data = spec.model_dump(exclude_unset=True) if isinstance(spec, BaseModel) else dict(spec or {})
     data.update(fields)
     try:
@@ -839,7 +913,7 @@ def create_webhook(
     """A webhook (``url``, optional ``topics``, ``secret``) and its signing secret, which is
     returned this once only (generated when none is given)."""
     webhook, secret = catalog.create_webhook(
-        organization_id(organization), _model(WebhookCreate, spec, fields)
+        organization_id(organization), model_from(WebhookCreate, spec, fields)
     )
     return WebhookPublic.model_validate(webhook), secret
 
@@ -864,10 +938,10 @@ def update_webhook(
     organization: str | None = None,
     **fields: Any,
 ) -> WebhookPublic:
-    update = _model(WebhookUpdate, changes, fields)
+    update = model_from(WebhookUpdate, changes, fields)
     if update.url is not None or update.topics is not None:
         current = catalog.get_webhook(webhook_id, organization_id(organization))
-        _model(  # the same checks as on create
+        model_from(  # the same checks as on create
             WebhookCreate,
             {"url": update.url or current.url, "topics": update.topics},
             {},

@@ -40,6 +40,7 @@ from typer.core import TyperGroup
 import jobs_plugin as jp
 from jobs_plugin import engine
 from jobs_plugin.cli_data import files_app, records_app, workbooks_app
+from jobs_plugin.cli_schedules import schedules_add, schedules_app
 from jobs_plugin.errors import InvalidTransition, JobsError, ValidationError
 from jobs_plugin.models import (
     EventPublic,
@@ -110,6 +111,10 @@ events_app = typer.Typer(no_args_is_help=True, help="The job and run lifecycle e
 app.add_typer(jobs_app, name="jobs")
 app.add_typer(runs_app, name="runs")
 app.add_typer(workflows_app, name="workflows")
+app.add_typer(schedules_app, name="schedules")
+jobs_app.command("schedule", help="Add a schedule to a job (same as `schedules add`).")(
+    schedules_add
+)
 app.add_typer(events_app, name="events")
 
 
@@ -959,6 +964,13 @@ def workflows_register(
     isolation: Annotated[
         Isolation | None, typer.Option("--isolation", help="Default isolation (entrypoint only).")
     ] = None,
+    deployment: Annotated[
+        str | None,
+        typer.Option(
+            "--deployment",
+            help="flow/deployment a deployment-isolated workflow runs as (entrypoint only).",
+        ),
+    ] = None,
     retries: Annotated[
         int | None, typer.Option("--retries", min=0, help="Default retries (entrypoint only).")
     ] = None,
@@ -974,6 +986,7 @@ def workflows_register(
     settings: dict[str, Any] = {
         "id": id,
         "isolation": isolation,
+        "deployment": deployment,
         "retries": retries,
         "timeout_seconds": timeout_seconds,
     }
@@ -983,7 +996,7 @@ def workflows_register(
         ]
     elif any(value is not None for value in settings.values()):
         raise typer.BadParameter(
-            "--id, --isolation, --retries and --timeout-seconds need an entrypoint "
+            "--id, --isolation, --deployment, --retries and --timeout-seconds need an entrypoint "
             "(path/file.py:flow or package.module:flow), not a module",
             param_hint="'TARGET'",
         )
@@ -992,6 +1005,19 @@ def workflows_register(
     else:
         registered = jp.register_module(target, organization=organization)
     _show(as_json, registered, _workflows_table(registered))
+
+
+@workflows_app.command("deploy")
+def workflows_deploy(
+    ctx: typer.Context,
+    workflow_id: Annotated[str, typer.Argument(metavar="WORKFLOW_ID", help="Workflow id.")],
+    pool: Annotated[
+        str | None, typer.Option("--pool", help="Process work pool [PREFECT_JOBS_WORK_POOL].")
+    ] = None,
+) -> None:
+    """Create the Prefect deployment a workflow runs as with `isolation: deployment`."""
+    name = jp.deploy_workflow(workflow_id, pool=pool, organization=_org(ctx))
+    typer.echo(f"deployment {name!r} on work pool {pool or get_settings().work_pool!r}")
 
 
 # --------------------------------------------------------------------------- events
@@ -1172,14 +1198,26 @@ def up(
     api_port: Annotated[
         int | None, typer.Option("--api-port", help="REST API [PREFECT_JOBS_API_PORT].")
     ] = None,
+    workers: Annotated[
+        int,
+        typer.Option(
+            "--workers", min=1, help="Process workers on the work pool [PREFECT_JOBS_WORK_POOL]."
+        ),
+    ] = 1,
 ) -> None:
-    """Start the Prefect server and UI, the REST API and the job runner (Ctrl-C stops all).
+    """Start the Prefect server and UI, the REST API and a worker (Ctrl-C stops all).
 
     Everything stays under the home folder; running it again reuses it."""
     from jobs_plugin import stack
 
     raise typer.Exit(
-        stack.run(host=host, prefect_port=prefect_port, api_port=api_port, organization=_org(ctx))
+        stack.run(
+            host=host,
+            prefect_port=prefect_port,
+            api_port=api_port,
+            organization=_org(ctx),
+            workers=workers,
+        )
     )
 
 

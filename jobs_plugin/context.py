@@ -8,15 +8,20 @@ and info, and emits ``job:updated`` at most every ``progress_event_seconds``.
 
 from __future__ import annotations
 
+import json
+import os
 import time
 from contextvars import ContextVar
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from jobs_plugin import catalog
 from jobs_plugin.settings import get_settings
 
 _current: ContextVar[RunContext | None] = ContextVar("prefect_jobs_run_context", default=None)
+ENV_VAR = "PREFECT_JOBS_RUN_CONTEXT"
+"""Carries the context (JSON) to a ``deployment``-isolated workflow, which runs in a process of
+its own on a worker: the job sets it in the flow run's job variables."""
 
 
 @dataclass(frozen=True)
@@ -72,9 +77,26 @@ class RunContext:
         )
 
 
+def to_env(ctx: RunContext) -> str:
+    return json.dumps({k: v for k, v in asdict(ctx).items() if not k.startswith("_")})
+
+
+def _from_env() -> RunContext | None:
+    raw = os.environ.get(ENV_VAR)
+    if not raw:
+        return None
+    ctx = _from_env_cache.get(raw)
+    if ctx is None:
+        ctx = _from_env_cache[raw] = RunContext(**json.loads(raw))
+    return ctx
+
+
+_from_env_cache: dict[str, RunContext] = {}
+
+
 def get_run_context() -> RunContext:
     """The context of the workflow being run; raises outside of a job run."""
-    ctx = _current.get()
+    ctx = current_run_context()
     if ctx is None:
         raise RuntimeError("get_run_context() called outside of a prefect-jobs workflow run")
     return ctx
@@ -82,7 +104,7 @@ def get_run_context() -> RunContext:
 
 def current_run_context() -> RunContext | None:
     """The context of the workflow being run, or None outside of a job run."""
-    return _current.get()
+    return _current.get() or _from_env()
 
 
 def bind(ctx: RunContext | None) -> object:

@@ -17,6 +17,7 @@ import time
 from prefect.client.orchestration import get_client
 from prefect.client.schemas.objects import StateType
 from prefect.deployments.flow_runs import arun_deployment
+from prefect.exceptions import ObjectNotFound
 
 from jobs_plugin import catalog
 from jobs_plugin.errors import ExecutionError
@@ -28,6 +29,18 @@ JOB_RUNNER_FLOW = "prefect-jobs: run job"
 JOB_RUNNER_NAME = "job-runner"
 JOB_RUNNER_DEPLOYMENT = f"{JOB_RUNNER_FLOW}/{JOB_RUNNER_NAME}"
 """The full name ``run_deployment`` and ``prefect deployment run`` take."""
+
+
+def job_deployment_name(job_id: str) -> str:
+    """The name of the deployment of a job with schedules (see ``prefect_deployments``)."""
+    return f"job-{job_id}"
+
+
+def job_deployment(job_id: str) -> str:
+    """Its full name, as ``run_deployment`` and the Prefect CLI take it."""
+    return f"{JOB_RUNNER_FLOW}/{job_deployment_name(job_id)}"
+
+
 _CHECK_SECONDS = 30.0
 _checked: dict[str, tuple[float, bool]] = {}
 
@@ -61,19 +74,30 @@ async def via_deployment() -> bool:
 
 async def dispatch(run: JobRun) -> JobRun:
     """Create the job-runner flow run of ``run`` and mark the run READY (waiting for it); if
-    Prefect refuses, the run ends FAILED saying why and ``ExecutionError`` is raised."""
-    try:
-        flow_run = await arun_deployment(
-            JOB_RUNNER_DEPLOYMENT,
-            parameters={"job_id": run.job_id, "run_id": run.id},
-            timeout=0,
-            as_subflow=False,
-            tags=["prefect-jobs", f"job:{run.job_id}", f"job-run:{run.id}"],
-        )
-    except Exception as exc:
-        message = f"could not create a flow run of {JOB_RUNNER_DEPLOYMENT!r}: {exc}"
-        catalog.observe_state(run.id, StateType.FAILED, "Failed", message=message)
-        raise ExecutionError(message) from exc
+    Prefect refuses, the run ends FAILED saying why and ``ExecutionError`` is raised.
+
+    A job with schedules has a deployment of its own, whose concurrency limit keeps its runs
+    from overlapping: the run goes there (and to the shared one if Prefect lacks it)."""
+    names = [JOB_RUNNER_DEPLOYMENT]
+    if catalog.schedules_of([run.job_id])[run.job_id]:
+        names.insert(0, job_deployment(run.job_id))
+    for name in names:
+        try:
+            flow_run = await arun_deployment(
+                name,
+                parameters={"job_id": run.job_id, "run_id": run.id},
+                timeout=0,
+                as_subflow=False,
+                tags=["prefect-jobs", f"job:{run.job_id}", f"job-run:{run.id}"],
+            )
+            break
+        except Exception as exc:
+            if isinstance(exc, ObjectNotFound) and name != names[-1]:
+                logger.warning("no deployment %r: run %s goes to %r", name, run.id, names[-1])
+                continue
+            message = f"could not create a flow run of {name!r}: {exc}"
+            catalog.observe_state(run.id, StateType.FAILED, "Failed", message=message)
+            raise ExecutionError(message) from exc
     return catalog.observe_state(
         run.id, StateType.SCHEDULED, "Scheduled", prefect_flow_run_id=str(flow_run.id)
     )

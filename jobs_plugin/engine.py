@@ -17,10 +17,11 @@ from typing import Any
 from prefect import Flow
 from prefect.client.orchestration import get_client
 from prefect.client.schemas.objects import FlowRun, StateType
+from prefect.context import FlowRunContext
 from prefect.flow_engine import run_flow_async
 from prefect.states import Pending
 
-from jobs_plugin import catalog, compiler, dispatch, planner, runner
+from jobs_plugin import catalog, compiler, dispatch, isolation, planner, runner
 from jobs_plugin.errors import ExecutionError, ValidationError
 from jobs_plugin.models import JobRun
 from jobs_plugin.translation import JobStatus
@@ -118,15 +119,18 @@ async def _launch(run: JobRun) -> JobRun:
         )
     catalog.set_plan(run.id, runner.plan_rows(steps))
     flow = compiler.compile_job(run.snapshot, steps=steps)
+    name = f"{compiler.flow_name(run.snapshot['name'])}/{run.id}"
+    tags = compiler.job_tags(run.snapshot, run.id)
     try:
-        async with get_client() as client:
-            flow_run = await client.create_flow_run(
-                flow,
-                name=f"{compiler.flow_name(run.snapshot['name'])}/{run.id}",
-                parameters={"run_id": run.id},
-                tags=compiler.job_tags(run.snapshot, run.id),
-                state=Pending(),
-            )
+        if FlowRunContext.get() is not None:
+            # Inside a flow run (the job runner's, or a user's flow): the job's flow run is
+            # its subflow, so the Prefect UI nests it there.
+            flow_run = await isolation.create_subflow_run(flow, {"run_id": run.id}, name, tags)
+        else:
+            async with get_client() as client:
+                flow_run = await client.create_flow_run(
+                    flow, name=name, parameters={"run_id": run.id}, tags=tags, state=Pending()
+                )
     except Exception as exc:
         catalog.observe_state(
             run.id, StateType.FAILED, "Failed", message=f"could not reach the Prefect API: {exc}"

@@ -6,7 +6,8 @@
     │   ├── RunNotFound
     │   ├── WorkflowNotFound
     │   ├── EventNotFound
-    │   └── ApiKeyNotFound
+    │   ├── ApiKeyNotFound
+    │   └── ScheduleNotFound
     ├── ValidationError          bad input; names the field; nothing was written
     ├── ConflictError            the object is in a state that forbids the operation
     │   ├── InvalidTransition
@@ -58,6 +59,10 @@ class WebhookNotFound(NotFoundError):
 
 class DeliveryNotFound(NotFoundError):
     kind = "webhook delivery"
+
+
+class ScheduleNotFound(NotFoundError):
+    kind = "schedule"
 
 
 class ValidationError(JobsError):

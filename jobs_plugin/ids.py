@@ -15,6 +15,7 @@ EVENT = "us_evt"
 API_KEY = "us_key"
 WEBHOOK = "us_wh"
 DELIVERY = "us_dlv"
+SCHEDULE = "us_sc"
 
 
 def new_id(prefix: str) -> str:

@@ -1,12 +1,18 @@
-"""Running one step's subflow: in the job's process (``inline``) or in a fresh OS process
-(``process``), both recorded in Prefect as a subflow of the job's flow run.
+"""Running one step's subflow: in the job's process (``inline``), in a fresh OS process
+(``process``), or as a flow run of the workflow's Prefect deployment on whatever worker serves
+its pool (``deployment``); all three recorded in Prefect as a subflow of the job's flow run.
 
 The subflow's flow run is created here, named and linked to the job's run through a tracking
 task run, the way Prefect links an in-process subflow (and without the extra rename request
 Prefect makes for a templated ``flow_run_name``). Both modes watch for a cancel request while
 the workflow runs: ``inline`` cancels the subflow's task (an async workflow stops at its next
 await; a synchronous one is abandoned in its worker thread), ``process`` terminates the
-workflow's process.
+workflow's process, ``deployment`` asks Prefect to cancel the flow run (its worker kills the
+process) and waits for it to end.
+
+A ``deployment`` step's flow run is created by ``run_deployment(..., as_subflow=True)``; it
+gets only its parameters, plus the read-only run context in the environment variable
+``PREFECT_JOBS_RUN_CONTEXT`` (a process job variable), so it can report progress.
 """
 
 from __future__ import annotations
@@ -22,9 +28,11 @@ from prefect import Flow, State, Task
 from prefect.client.orchestration import get_client
 from prefect.client.schemas.objects import FlowRun
 from prefect.context import FlowRunContext, TagsContext
+from prefect.exceptions import ObjectNotFound
 from prefect.flow_engine import run_flow_async, run_flow_in_subprocess
-from prefect.states import Cancelled, Crashed, Pending
+from prefect.states import Cancelled, Cancelling, Crashed, Failed, Pending
 
+from jobs_plugin.context import ENV_VAR
 from jobs_plugin.models import Isolation
 
 CancelCheck = Callable[[], bool]
@@ -37,12 +45,16 @@ class StepOutcome:
 
 
 async def create_subflow_run(
-    step_flow: Flow[..., Any], parameters: dict[str, Any], name: str
+    step_flow: Flow[..., Any],
+    parameters: dict[str, Any],
+    name: str,
+    tags: list[str] | None = None,
 ) -> FlowRun:
-    """A Pending flow run of ``step_flow`` named ``name``, a subflow of the current flow run."""
+    """A Pending flow run of ``step_flow`` named ``name``, a subflow of the current flow run
+    (with the current tags, or ``tags``)."""
     parent = FlowRunContext.get()
     if parent is None:
-        raise RuntimeError("a workflow step runs inside its job's flow run")
+        raise RuntimeError("a subflow is created inside its parent's flow run")
     tracking: Task[..., Any] = Task(name=step_flow.name, fn=step_flow.fn, version=step_flow.version)
     tracking._is_subflow_tracking_task = True  # type: ignore[attr-defined]
     parent_task_run = await tracking.create_run(flow_run_context=parent, parameters=parameters)
@@ -52,9 +64,39 @@ async def create_subflow_run(
             name=name,
             parameters=step_flow.serialize_parameters(parameters),
             parent_task_run_id=parent_task_run.id,
-            tags=TagsContext.get().current_tags,
+            tags=TagsContext.get().current_tags if tags is None else tags,
             state=Pending(),
         )
+
+
+async def create_deployment_run(
+    deployment: str,
+    parameters: dict[str, Any],
+    name: str,
+    context_env: str,
+) -> FlowRun:
+    """A flow run of ``deployment``, a subflow of the current flow run, left to its workers."""
+    from prefect.deployments.flow_runs import arun_deployment
+
+    try:
+        return await arun_deployment(
+            deployment,
+            parameters=parameters,
+            timeout=0,
+            as_subflow=True,
+            flow_run_name=name,
+            tags=TagsContext.get().current_tags,
+            job_variables={"env": {ENV_VAR: context_env}},
+        )
+    except ObjectNotFound:
+        raise StepError(
+            f"there is no Prefect deployment {deployment!r} (create it with "
+            "`prefect-jobs workflows deploy`, or name the workflow's deployment)"
+        ) from None
+
+
+class StepError(Exception):
+    """A step that could not be started; the message says why."""
 
 
 async def run_step(
@@ -65,12 +107,54 @@ async def run_step(
     *,
     cancel_requested: CancelCheck,
     poll_seconds: float,
+    timeout_seconds: float | None = None,
 ) -> StepOutcome:
+    if isolation is Isolation.DEPLOYMENT:
+        return await _run_on_deployment(flow_run, cancel_requested, poll_seconds, timeout_seconds)
     if isolation is Isolation.PROCESS:
         return await _run_in_process(
             step_flow, flow_run, parameters, cancel_requested, poll_seconds
         )
     return await _run_inline(step_flow, flow_run, parameters, cancel_requested, poll_seconds)
+
+
+async def _run_on_deployment(
+    flow_run: FlowRun,
+    cancel_requested: CancelCheck,
+    poll_seconds: float,
+    timeout_seconds: float | None,
+) -> StepOutcome:
+    """Follow the deployment's flow run to its end; cancel it on request or after
+    ``timeout_seconds`` (then it ends FAILED, TimedOut)."""
+    deadline = None if timeout_seconds is None else anyio.current_time() + timeout_seconds
+    canceled = timed_out = False
+    async with get_client() as client:
+        while True:
+            state = (await client.read_flow_run(flow_run.id)).state
+            if state is not None and state.is_final():
+                break
+            if not (canceled or timed_out):
+                timed_out = deadline is not None and anyio.current_time() > deadline
+                canceled = not timed_out and cancel_requested()
+                if canceled or timed_out:
+                    await client.set_flow_run_state(
+                        flow_run.id, Cancelling(message="canceled by its job"), force=True
+                    )
+                    stop_by = anyio.current_time() + _CANCEL_GRACE_SECONDS
+            elif anyio.current_time() > stop_by:  # nobody acted on Cancelling: say it ended
+                state = await _force(flow_run, Cancelled(message="canceled by its job"))
+                break
+            await anyio.sleep(poll_seconds)
+    if timed_out:
+        message = f"timed out after {timeout_seconds} s on its deployment"
+        return StepOutcome(
+            state=await _force(flow_run, Failed(name="TimedOut", message=message)), canceled=False
+        )
+    return StepOutcome(state=state, canceled=canceled)
+
+
+_CANCEL_GRACE_SECONDS = 30.0
+"""How long a canceled deployment run may take to reach Cancelled (its worker kills it)."""
 
 
 async def _run_inline(

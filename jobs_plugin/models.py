@@ -19,6 +19,7 @@ from pydantic import (
     ConfigDict,
     field_validator,
     model_serializer,
+    model_validator,
 )
 from pydantic import (
     Field as PydanticField,
@@ -116,7 +117,21 @@ class Trigger(str, Enum):
 
 class Isolation(str, Enum):
     INLINE = "inline"
+    """In the job's own process, as a subflow."""
     PROCESS = "process"
+    """In a fresh Python process of the job's machine, as a subflow."""
+    DEPLOYMENT = "deployment"
+    """As a flow run of the workflow's Prefect deployment, on whatever worker serves its work
+    pool (``run_deployment(..., as_subflow=True)``)."""
+
+
+class Overlap(str, Enum):
+    """What happens to a run of a job's deployment that would exceed ``maxConcurrentRuns``."""
+
+    SKIP = "skip"
+    """It is not run: Prefect cancels it (collision strategy ``CANCEL_NEW``)."""
+    QUEUE = "queue"
+    """It waits until a running one ends (collision strategy ``ENQUEUE``)."""
 
 
 # --------------------------------------------------------------------------- organization
@@ -148,6 +163,15 @@ class WorkflowBase(SQLModel):
         description="`path/to/file.py:flow_name` or `package.module:flow_name`.",
     )
     isolation: Isolation = Field(default=Isolation.INLINE, sa_type=_enum(Isolation))
+    deployment: str | None = Field(
+        default=None,
+        max_length=300,
+        description=(
+            "`flow name/deployment name` of the Prefect deployment a `deployment`-isolated "
+            "workflow runs as. Default: `<flow name>/<workflow id>`, which "
+            "`prefect-jobs workflows deploy` creates."
+        ),
+    )
     retries: int = Field(default=0, ge=0)
     retry_delay_seconds: float = Field(default=0, ge=0)
     timeout_seconds: float | None = Field(default=None, gt=0)
@@ -227,6 +251,99 @@ class JobConfigJson(SQLModel):
         return value
 
 
+# --------------------------------------------------------------------------- schedule
+
+
+MAX_INTERVAL_SECONDS = 366 * 24 * 3600.0
+
+
+class JobScheduleBase(SQLModel):
+    """When a job runs by itself: a cron expression or an interval, in a timezone. Kept by
+    Prefect as a schedule of the job's deployment (see ``jobs_plugin.prefect_deployments``)."""
+
+    cron: str | None = Field(
+        default=None, max_length=100, description="A cron expression, e.g. `0 6 * * *`."
+    )
+    interval_seconds: float | None = Field(
+        default=None,
+        ge=1,
+        le=MAX_INTERVAL_SECONDS,
+        description="Run every this many seconds (instead of `cron`).",
+    )
+    timezone: str = Field(
+        default="UTC", max_length=64, description="IANA name, e.g. `Europe/Berlin`."
+    )
+    active: bool = Field(default=True, description="False: paused.")
+
+
+class JobSchedule(JobScheduleBase, table=True):
+    __tablename__ = "job_schedule"
+    id: str = Field(primary_key=True, max_length=40)
+    job_id: str = Field(foreign_key="job.id", index=True, max_length=40)
+    created_at: datetime = _ts()
+    updated_at: datetime = _ts()
+
+
+def _valid_cron(value: str | None) -> str | None:
+    """A cron expression Prefect's ``CronSchedule`` accepts."""
+    if value is None:
+        return value
+    from prefect.client.schemas.schedules import CronSchedule
+
+    try:
+        CronSchedule(cron=value, timezone="UTC")
+    except Exception:
+        raise ValueError(f"{value!r} is not a valid cron expression") from None
+    return value
+
+
+def _valid_timezone(value: str | None) -> str | None:
+    """An IANA timezone name (``Europe/Berlin``, ``UTC``)."""
+    if value is None:
+        return value
+    from zoneinfo import ZoneInfo
+
+    try:
+        ZoneInfo(value)
+    except Exception:
+        raise ValueError(f"{value!r} is not a known IANA timezone") from None
+    return value
+
+
+class JobScheduleCreate(JobScheduleBase):
+    model_config = _api_config(extra="forbid")
+
+    _cron = field_validator("cron")(_valid_cron)
+    _timezone = field_validator("timezone")(_valid_timezone)
+
+    @model_validator(mode="after")
+    def _one_kind(self) -> JobScheduleCreate:
+        if (self.cron is None) == (self.interval_seconds is None):
+            raise ValueError("give exactly one of `cron` and `intervalSeconds`")
+        return self
+
+
+class JobScheduleUpdate(SQLModel):
+    """Partial update of a schedule (``active: false`` pauses it)."""
+
+    model_config = _api_config(extra="forbid")
+    cron: str | None = PydanticField(default=None, max_length=100)
+    interval_seconds: float | None = PydanticField(default=None, ge=1, le=MAX_INTERVAL_SECONDS)
+    timezone: str | None = PydanticField(default=None, max_length=64)
+    active: bool | None = None
+
+    _cron = field_validator("cron")(_valid_cron)
+    _timezone = field_validator("timezone")(_valid_timezone)
+
+
+class JobSchedulePublic(JobScheduleBase):
+    model_config = API_CONFIG
+    id: str
+    job_id: str
+    created_at: datetime
+    updated_at: datetime
+
+
 # --------------------------------------------------------------------------- job
 
 
@@ -236,6 +353,7 @@ WORKFLOW_JOB_TYPE = "space"
 """``type`` of a job without one (it runs its ``workflowExecutionOrder``) on Flatfile's wire."""
 WORKFLOW_JOB_OPERATION = "workflows"
 """``operation`` of a job without one on Flatfile's wire."""
+MAX_CONCURRENT_RUNS = 1000
 UNKNOWN_ACTOR = "unknown"
 """``createdBy`` of a job whose creator was not recorded."""
 
@@ -253,6 +371,23 @@ class JobBase(SQLModel):
         description=(
             "True: the engine runs the job's workflows. False: the caller does the work and "
             "reports it (`/ack`, `/complete`, `/fail`), as with Flatfile's unmanaged jobs."
+        ),
+    )
+    max_concurrent_runs: int | None = Field(
+        default=1,
+        ge=1,
+        le=MAX_CONCURRENT_RUNS,
+        description=(
+            "How many runs of the job its Prefect deployment (a job with schedules has one) "
+            "runs at once; null: no limit. The default 1 keeps scheduled runs from overlapping."
+        ),
+    )
+    overlap: Overlap = Field(
+        default=Overlap.SKIP,
+        sa_type=_enum(Overlap),
+        description=(
+            "A deployment run beyond `maxConcurrentRuns`: `skip` (Prefect cancels it) or "
+            "`queue` (it waits for a running one to end)."
         ),
     )
 
@@ -286,6 +421,10 @@ class JobCreate(JobBase):
     config: dict[str, Any] | None = None
     input: dict[str, Any] | None = None
     job_metadata: dict[str, Any] | None = PydanticField(default=None, alias="metadata")
+    schedules: list[JobScheduleCreate] = PydanticField(
+        default_factory=list,
+        description="When the job runs by itself (cron or interval); not versioned.",
+    )
 
 
 class JobUpdate(SQLModel):
@@ -300,10 +439,18 @@ class JobUpdate(SQLModel):
     destination: str | None = None
     trigger: Trigger | None = None
     managed: bool | None = None
+    max_concurrent_runs: int | None = PydanticField(
+        default=None, ge=1, le=MAX_CONCURRENT_RUNS, description="null: no limit."
+    )
+    overlap: Overlap | None = None
     job_config_json: JobConfigJson | None = None
     config: dict[str, Any] | None = None
     input: dict[str, Any] | None = None
     job_metadata: dict[str, Any] | None = PydanticField(default=None, alias="metadata")
+    schedules: list[JobScheduleCreate] | None = PydanticField(
+        default=None,
+        description="Replaces all of the job's schedules (`[]` removes them). Not versioned.",
+    )
     version: int | None = PydanticField(
         default=None,
         ge=1,
@@ -360,6 +507,11 @@ class JobPublic(JobBase):
     updated_by: str | None = None
     created_at: datetime
     updated_at: datetime
+    schedules: list[JobSchedulePublic] = PydanticField(default_factory=list)
+    prefect_deployment: str | None = PydanticField(
+        default=None,
+        description="The job's Prefect deployment (`flow/deployment`), when it has schedules.",
+    )
 
 
 class JobVersion(SQLModel, table=True):
@@ -416,6 +568,7 @@ class JobRun(JobRunBase, table=True):
         """Its heartbeat, else its start, else its creation: what crash detection goes by
         (``catalog.stale_runs`` says the same in SQL)."""
         return self.heartbeat_at or self.started_at or self.created_at
+
     created_by: str | None = Field(default=None, max_length=200)
     created_at: datetime = _ts()
     updated_at: datetime = _ts()

@@ -45,6 +45,8 @@ class PlannedStep:
     retry_delay_seconds: float
     timeout_seconds: float | None
     flow: Flow[..., Any] = field(compare=False, repr=False)
+    deployment: str | None = None
+    """``flow/deployment`` a ``deployment``-isolated step runs as."""
 
     def describe(self) -> dict[str, Any]:
         return {
@@ -57,6 +59,7 @@ class PlannedStep:
             "retries": self.retries,
             "retryDelaySeconds": self.retry_delay_seconds,
             "timeoutSeconds": self.timeout_seconds,
+            "deployment": self.deployment,
         }
 
 
@@ -184,13 +187,14 @@ def _plan_step(position: int, step: StepSpec, workflow: Workflow, where: str) ->
         parameters = _validated(workflow.entrypoint, step.parameters)
     except Exception as exc:
         raise ValidationError(f"{where}.parameters", _first_line(exc)) from exc
+    isolation = step.isolation or workflow.isolation
     return PlannedStep(
         position=position,
         workflow_id=workflow.id,
         name=workflow.name,
         entrypoint=workflow.entrypoint,
         parameters=parameters,
-        isolation=step.isolation or workflow.isolation,
+        isolation=isolation,
         retries=workflow.retries if step.retries is None else step.retries,
         retry_delay_seconds=(
             workflow.retry_delay_seconds
@@ -201,7 +205,16 @@ def _plan_step(position: int, step: StepSpec, workflow: Workflow, where: str) ->
         if step.timeout_seconds is None
         else step.timeout_seconds,
         flow=flow,
+        deployment=(workflow.deployment or default_deployment(flow, workflow.id))
+        if isolation is Isolation.DEPLOYMENT
+        else None,
     )
+
+
+def default_deployment(flow: Flow[..., Any], workflow_id: str) -> str:
+    """The deployment a ``deployment``-isolated workflow runs as unless it names one:
+    ``<flow name>/<workflow id>`` (what ``prefect-jobs workflows deploy`` creates)."""
+    return f"{flow.name}/{workflow_id}"
 
 
 def _validated(entrypoint: str, parameters: dict[str, Any]) -> dict[str, Any]:

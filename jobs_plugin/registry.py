@@ -66,6 +66,7 @@ def workflow(
     name: str | None = None,
     description: str | None = None,
     isolation: Isolation | str = Isolation.INLINE,
+    deployment: str | None = None,
     retries: int = 0,
     retry_delay_seconds: float = 0,
     timeout_seconds: float | None = None,
@@ -80,6 +81,7 @@ def workflow(
     name: str | None = None,
     description: str | None = None,
     isolation: Isolation | str = Isolation.INLINE,
+    deployment: str | None = None,
     retries: int = 0,
     retry_delay_seconds: float = 0,
     timeout_seconds: float | None = None,
@@ -87,7 +89,8 @@ def workflow(
     """Declare a Prefect flow (or a plain function, made a flow) as a workflow jobs can run.
 
     ``id`` defaults to the flow's name; the settings are the workflow's defaults, which each
-    step of a job may override.
+    step of a job may override. ``isolation="deployment"`` runs it as a flow run of the Prefect
+    deployment ``deployment`` (default ``<flow name>/<id>``, see ``deploy_workflow``).
     """
 
     def decorate(target: Any) -> Flow[..., Any]:
@@ -98,6 +101,7 @@ def workflow(
             description=description or flow_obj.description,
             entrypoint=entrypoint_of(flow_obj),
             isolation=Isolation(isolation),
+            deployment=deployment,
             retries=retries,
             retry_delay_seconds=retry_delay_seconds,
             timeout_seconds=timeout_seconds,

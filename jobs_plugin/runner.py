@@ -23,7 +23,7 @@ from prefect.context import FlowRunContext
 from prefect.states import Cancelled, Completed, Crashed, Failed
 
 from jobs_plugin import artifacts, catalog, compiler, context, isolation
-from jobs_plugin.models import JobRun
+from jobs_plugin.models import Isolation, JobRun
 from jobs_plugin.planner import PlannedStep
 from jobs_plugin.settings import get_settings
 from jobs_plugin.translation import WorkflowRunStatus, workflow_status_for_state
@@ -150,9 +150,17 @@ async def _run_steps(
         where = f"workflow {step.workflow_id!r} (step {step.position + 1} of {total})"
         try:
             with tags(f"workflow:{step.workflow_id}"):
-                flow_run = await isolation.create_subflow_run(
-                    step_flow, step.parameters, compiler.step_run_name(snapshot["name"], step)
-                )
+                try:
+                    flow_run = await _create_step_run(snapshot, step, step_flow, ctx)
+                except isolation.StepError as exc:
+                    writes.submit(
+                        catalog.finish_workflow_run,
+                        record.id,
+                        WorkflowRunStatus.FAILED,
+                        error=str(exc),
+                    )
+                    writes.submit(catalog.mark_not_run, run.id, step.position + 1)
+                    return Failed(message=f"{where} failed: {exc}")
                 writes.submit(
                     catalog.start_workflow_run, record.id, prefect_flow_run_id=str(flow_run.id)
                 )
@@ -166,6 +174,7 @@ async def _run_steps(
                     step.parameters,
                     cancel_requested=cancel_requested,
                     poll_seconds=settings.cancel_poll_seconds,
+                    timeout_seconds=step.timeout_seconds,
                 )
         finally:
             _restore(env, cwd)
@@ -191,6 +200,23 @@ async def _run_steps(
                 return Cancelled(message=f"{where} was canceled: {message}")
             return Failed(message=f"{where} failed: {message}")
     return Completed(message=f"{total} of {total} workflows completed")
+
+
+async def _create_step_run(
+    snapshot: dict[str, Any],
+    step: PlannedStep,
+    step_flow: Any,
+    ctx: context.RunContext,
+) -> Any:
+    """The step's Prefect flow run, a subflow of the job's: of the workflow's deployment, or of
+    ``step_flow`` (run here or in a fresh process)."""
+    name = compiler.step_run_name(snapshot["name"], step)
+    if step.isolation is Isolation.DEPLOYMENT and step.deployment:
+        parameters = step.flow.serialize_parameters(step.parameters)
+        return await isolation.create_deployment_run(
+            step.deployment, parameters, name, context.to_env(ctx)
+        )
+    return await isolation.create_subflow_run(step_flow, step.parameters, name)
 
 
 def _restore(env: dict[str, str], cwd: str) -> None:

@@ -49,6 +49,14 @@ class Settings(BaseSettings):
         le=65535,
         description="Port of the Prefect server and UI that `prefect-jobs up` starts.",
     )
+    work_pool: str = Field(
+        default="jobs",
+        min_length=1,
+        description=(
+            "The process work pool `prefect-jobs up` creates, puts the job-runner deployment "
+            "on and starts its workers for; `workflows deploy` puts workflows on it."
+        ),
+    )
     webhook_dispatch: bool = Field(
         default=True,
         description="Whether the REST API server also sends webhook deliveries.",

@@ -6,8 +6,11 @@
    (``PREFECT_HOME``), listening on ``prefect_port``; ``PREFECT_SERVER_API_PORT`` and
    ``PREFECT_UI_API_URL`` are set so the UI calls that port, not 4200;
 2. the REST API (``jobs_plugin.rest.create_app`` under uvicorn) on ``api_port``;
-3. a Prefect runner serving the ``job-runner`` deployment (``flows.job_runner.run_job``), which
-   executes that deployment's flow runs in subprocesses.
+3. ``workers`` process workers (``prefect worker start``) on the work pool ``work_pool``
+   (``PREFECT_JOBS_WORK_POOL``, default ``jobs``), which ``up`` creates if missing and puts the
+   ``job-runner`` deployment (``flows.job_runner.run_job``) on, so executions, job schedules
+   (each scheduled job's own deployment, re-synced from the catalog at every start) and
+   ``deployment``-isolated workflows all run the way they run with workers on other machines.
 
 Every child gets ``PREFECT_API_URL`` of the server, ``PREFECT_HOME`` and ``PREFECT_JOBS_HOME``,
 runs in its own process group (so a Ctrl-C in the terminal reaches only the supervisor, and
@@ -16,7 +19,7 @@ organization gets an API key, kept in ``<home>/api-key`` (mode 0600) and reused 
 while it stays valid. ``<home>/up.json`` names the running stack (pid and URLs) and keeps a
 second ``up`` off the same home.
 
-SIGINT or SIGTERM stops the children (SIGTERM to each process group, SIGINT to the runner's,
+SIGINT or SIGTERM stops the children (SIGTERM to each process group, SIGINT to the workers',
 SIGKILL after a grace period) and ``up`` returns 0; a child that dies on its own stops the rest
 and ``up`` returns 1. Nothing is fetched from the network: the UI ships inside the Prefect wheel.
 
@@ -39,6 +42,7 @@ import time
 import traceback
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from types import FrameType
 from urllib.parse import quote
@@ -66,8 +70,10 @@ class StackConfig:
     prefect_port: int = DEFAULT_PREFECT_PORT
     api_port: int = 4300
     organization: str = "default"
-    runner_poll_seconds: float = 1.0
-    """How often the runner asks the server for flow runs to execute (Prefect's default: 10)."""
+    work_pool: str = "jobs"
+    workers: int = 1
+    worker_poll_seconds: float = 1.0
+    """How often a worker asks the server for flow runs to execute (Prefect's default: 10)."""
     startup_timeout_seconds: float = 120.0
     """How long each child may take to answer (a cold Prefect server takes ~20 s here)."""
     stop_grace_seconds: float = 10.0
@@ -161,7 +167,7 @@ class Child:
 
 
 class Stack:
-    """The Prefect server, the REST API and the job runner of one home folder."""
+    """The Prefect server, the REST API and the workers of one home folder."""
 
     def __init__(
         self,
@@ -231,17 +237,42 @@ class Stack:
         self.echo(f"starting the REST API on {c.api_url} (log: {api.log_path})")
         self._wait_until(api, lambda: _get_ok(f"{c.api_url}/v1/openapi.json"))
 
+        self._register_job_runner()
         started = time.time()
-        runner = self._spawn(
-            "runner",
-            f"jobs_plugin.stack runner --poll-seconds {c.runner_poll_seconds}",
-            env,
-            # Prefect's runner mishandles SIGTERM inside its event loop; SIGINT stops it cleanly.
-            stop_signal=signal.SIGINT,
-        )
-        self.echo(f"starting the job runner (log: {runner.log_path})")
-        self._wait_until(runner, lambda: self._runner_polled_since(started))
+        for number in range(1, c.workers + 1):
+            name = "worker" if c.workers == 1 else f"worker-{number}"
+            worker = self._spawn(
+                name,
+                f"prefect worker start --pool {c.work_pool} --type process "
+                f"--name {name}@{socket.gethostname()}",
+                {
+                    **env,
+                    "PREFECT_WORKER_QUERY_SECONDS": str(c.worker_poll_seconds),
+                    "PREFECT_WORKER_PREFETCH_SECONDS": "5",
+                },
+                # SIGINT stops a worker cleanly (and the flow runs it started with it).
+                stop_signal=signal.SIGINT,
+            )
+            self.echo(f"starting {name} on work pool {c.work_pool!r} (log: {worker.log_path})")
+        for child in self.children[2:]:
+            self._wait_until(child, partial(self._worker_polled_since, child, started))
         self._write_state()
+
+    def _register_job_runner(self) -> None:
+        """The work pool, the job-runner deployment on it, and the job deployments of the
+        catalog's schedules (the catalog is the truth; the Prefect database may be new)."""
+        import asyncio
+
+        from prefect.settings import PREFECT_API_URL, temporary_settings
+
+        from jobs_plugin import catalog, prefect_deployments
+
+        c = self.config
+        with temporary_settings({PREFECT_API_URL: c.prefect_api_url}):
+            asyncio.run(prefect_deployments.register_job_runner(c.work_pool))
+            kept = asyncio.run(prefect_deployments.sync_all(catalog.scheduled_jobs()))
+        if kept:
+            self.echo(f"schedules of {len(kept)} job(s) are on their deployments")
 
     def _spawn(
         self, name: str, command: str, env: dict[str, str], stop_signal: int = signal.SIGTERM
@@ -271,27 +302,26 @@ class Stack:
                 )
             self.stop_requested.wait(0.25)
 
-    def _runner_polled_since(self, started: float) -> bool:
-        """The runner is up once the server saw it poll for the job-runner's flow runs."""
-        from flows.job_runner import DEPLOYMENT_NAME, FLOW_NAME
-
-        url = (
-            f"{self.config.prefect_api_url}/deployments/name/"
-            f"{quote(FLOW_NAME, safe='')}/{quote(DEPLOYMENT_NAME, safe='')}"
-        )
+    def _worker_polled_since(self, child: Child, started: float) -> bool:
+        """A worker is up once the server has its heartbeat from after ``started``."""
+        url = f"{self.config.prefect_api_url}/work_pools/{quote(self.config.work_pool)}"
         try:
-            response = httpx.get(url, timeout=5)
+            response = httpx.post(f"{url}/workers/filter", json={"limit": 50}, timeout=5)
         except httpx.HTTPError:
             return False
         if response.status_code != 200:
             return False
-        last_polled = response.json().get("last_polled")
-        if not last_polled:
-            return False
         from datetime import datetime
 
-        polled = datetime.fromisoformat(last_polled.replace("Z", "+00:00")).timestamp()
-        return polled >= started - 1
+        for worker in response.json():
+            if not str(worker.get("name", "")).startswith(f"{child.name}@"):
+                continue
+            beat = worker.get("last_heartbeat_time")
+            if beat and datetime.fromisoformat(beat.replace("Z", "+00:00")).timestamp() >= (
+                started - 1
+            ):
+                return True
+        return False
 
     def _claim_home(self) -> None:
         """Refuse a second stack on the same home while the first one runs."""
@@ -335,6 +365,7 @@ class Stack:
             ("API docs", f"{c.api_url}/v1/docs"),
             (f"API key ({c.organization})", key),
             ("job runner", f"deployment {DEPLOYMENT!r}"),
+            ("work pool", f"{c.work_pool} ({c.workers} worker{'s' if c.workers != 1 else ''})"),
             ("home", str(c.home)),
             ("logs", str(c.log_dir)),
         ]
@@ -392,6 +423,7 @@ def up(
     prefect_port: int | None = None,
     api_port: int | None = None,
     organization: str | None = None,
+    workers: int = 1,
     stop: threading.Event | None = None,
     echo: Callable[[str], None] | None = None,
 ) -> int:
@@ -412,7 +444,12 @@ def up(
         prefect_port=_setting_prefect_port() if prefect_port is None else prefect_port,
         api_port=settings.api_port if api_port is None else api_port,
         organization=organization or settings.default_organization,
+        work_pool=settings.work_pool,
+        workers=workers,
     )
+    if workers < 1:
+        _print("error: --workers must be at least 1")
+        return 1
     stack = Stack(config, stop=stop, echo=echo)
     try:
         try:
@@ -442,6 +479,7 @@ def run(
     prefect_port: int | None = None,
     api_port: int | None = None,
     organization: str | None = None,
+    workers: int = 1,
 ) -> int:
     """``up`` in the main thread of a command: SIGINT (Ctrl-C) and SIGTERM stop the stack.
     Returns the exit code; the previous signal handlers are put back."""
@@ -458,6 +496,7 @@ def run(
             prefect_port=prefect_port,
             api_port=api_port,
             organization=organization,
+            workers=workers,
             stop=stop,
         )
     finally:
@@ -554,38 +593,13 @@ def _print(message: str) -> None:
     print(message, flush=True)
 
 
-# --------------------------------------------------------------------------- the runner child
-
-
-async def serve_job_runner(poll_seconds: float) -> None:
-    """Serve the job-runner deployment from this process until SIGTERM (the ``runner`` child).
-
-    The deployment's entrypoint is the module path ``flows.job_runner.run_job``, so flow runs
-    load it from the installed package whatever the working directory.
-    """
-    from prefect.runner import Runner
-    from prefect.types.entrypoint import EntrypointType
-
-    from flows.job_runner import DEPLOYMENT_NAME, run_job
-
-    runner = Runner(name="prefect-jobs-up", query_seconds=poll_seconds, pause_on_shutdown=False)
-    deployment = await run_job.ato_deployment(
-        name=DEPLOYMENT_NAME,
-        entrypoint_type=EntrypointType.MODULE_PATH,
-        tags=["prefect-jobs"],
-        description="Runs a prefect-jobs job; served by `prefect-jobs up`.",
-    )
-    await runner.aadd_deployment(deployment)
-    await runner.start()
-
-
 # --------------------------------------------------------------------------- command line
 
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m jobs_plugin.stack",
-        description="Run the Prefect server and UI, the REST API and the job runner until "
+        description="Run the Prefect server and UI, the REST API and the workers until "
         "interrupted.",
     )
     parser.add_argument("--home", type=Path, help="Home folder (default: PREFECT_JOBS_HOME).")
@@ -593,23 +607,15 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--prefect-port", type=int, help="Port of the Prefect server and UI.")
     parser.add_argument("--api-port", type=int, help="Port of the REST API.")
     parser.add_argument("--organization", help="Organization whose API key is kept.")
+    parser.add_argument(
+        "--workers", type=int, default=1, help="Process workers to start on the work pool."
+    )
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    """``python -m jobs_plugin.stack [options]``; ``... runner`` is the runner child."""
+    """``python -m jobs_plugin.stack [options]``."""
     args = list(sys.argv[1:] if argv is None else argv)
-    if args[:1] == ["runner"]:
-        import asyncio
-
-        runner_args = argparse.ArgumentParser(prog="python -m jobs_plugin.stack runner")
-        runner_args.add_argument("--poll-seconds", type=float, default=1.0)
-        options = runner_args.parse_args(args[1:])
-        # A supervisor started in the background by a shell passes SIGINT down ignored.
-        signal.signal(signal.SIGINT, signal.default_int_handler)
-        with contextlib.suppress(KeyboardInterrupt):
-            asyncio.run(serve_job_runner(options.poll_seconds))
-        return
     options = _parser().parse_args(args)
     sys.exit(
         run(
@@ -618,6 +624,7 @@ def main(argv: Sequence[str] | None = None) -> None:
             prefect_port=options.prefect_port,
             api_port=options.api_port,
             organization=options.organization,
+            workers=options.workers,
         )
     )
 

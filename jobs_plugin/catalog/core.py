@@ -33,6 +33,7 @@ from jobs_plugin.models import (
     Job,
     JobCreate,
     JobRun,
+    JobSchedule,
     JobUpdate,
     JobVersion,
     Organization,
@@ -60,6 +61,8 @@ CONFIG_FIELDS = (
     "destination",
     "trigger",
     "managed",
+    "max_concurrent_runs",
+    "overlap",
     "job_config_json",
     "config",
     "input",
@@ -172,12 +175,20 @@ def _plain(value: Any) -> Any:
     return value.value if hasattr(value, "value") else value
 
 
-def create_job(organization_id: str, spec: JobCreate, *, actor: str | None = None) -> Job:
+def create_job(
+    organization_id: str,
+    spec: JobCreate,
+    *,
+    actor: str | None = None,
+    job_id: str | None = None,
+    schedules: Sequence[JobSchedule] = (),
+) -> Job:
+    """A new job (id ``job_id`` when given) with its ``schedules``, in one transaction."""
     now = utcnow()
     job = Job(
-        id=ids.new_id(ids.JOB),
+        id=job_id or ids.new_id(ids.JOB),
         organization_id=organization_id,
-        **spec.model_dump(exclude={"job_config_json"}),
+        **spec.model_dump(exclude={"job_config_json", "schedules"}),
         job_config_json=spec.job_config_json.model_dump(mode="json", by_alias=True),
         status=JobStatus.READY if spec.trigger is Trigger.MANUAL else JobStatus.PLANNING,
         created_by=actor,
@@ -192,6 +203,10 @@ def create_job(organization_id: str, spec: JobCreate, *, actor: str | None = Non
             JobVersion(job_id=job.id, version=1, snapshot=snapshot_of(job), created_by=actor)
         )
         _emit(session, job, None, Topic.CREATED, {"version": 1, "status": job.status.value})
+        if schedules:
+            from jobs_plugin.catalog.schedules import replace_in
+
+            replace_in(session, job, schedules, actor)
     return job
 
 
@@ -258,13 +273,15 @@ def update_job(
     *,
     expected_version: int | None = None,
     actor: str | None = None,
+    schedules: Sequence[JobSchedule] | None = None,
 ) -> Job:
-    """Apply the fields set in ``changes``; a real change makes a new version.
+    """Apply the fields set in ``changes``; a real change makes a new version. ``schedules``
+    (when given) replace the job's schedules in the same transaction; they are not versioned.
 
     With ``expected_version``, a job whose version moved on in the meantime is not touched and
     ``VersionConflict`` is raised: no lost updates.
     """
-    data = changes.model_dump(exclude_unset=True, exclude={"version"})
+    data = changes.model_dump(exclude_unset=True, exclude={"version", "schedules"})
     if "job_config_json" in data and changes.job_config_json is not None:
         data["job_config_json"] = changes.job_config_json.model_dump(mode="json", by_alias=True)
     with write_session() as session:
@@ -273,6 +290,10 @@ def update_job(
             raise VersionConflict(
                 f"job {job_id} is at version {job.version}, not {expected_version}"
             )
+        if schedules is not None:
+            from jobs_plugin.catalog.schedules import replace_in
+
+            replace_in(session, job, schedules, actor)
         before = snapshot_of(job)
         job.sqlmodel_update(data)
         after = snapshot_of(job)

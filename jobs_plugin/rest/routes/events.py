@@ -77,9 +77,7 @@ async def stream_events(
     after: Annotated[
         int | None, Query(ge=0, le=MAX_CURSOR, description="Replay after this cursor.")
     ] = None,
-    last_event_id: Annotated[
-        int | None, Header(alias="Last-Event-ID", ge=0, le=MAX_CURSOR)
-    ] = None,
+    last_event_id: Annotated[int | None, Header(alias="Last-Event-ID", ge=0, le=MAX_CURSOR)] = None,
 ) -> StreamingResponse:
     """Server-Sent Events, live: ``id`` is the event's cursor, ``event`` its topic, ``data``
     the event as ``GET /events`` gives it. Reconnect with ``Last-Event-ID`` (or ``after``) to

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, Header, Query, Response
+from fastapi import APIRouter, Header, Path, Query, Response
 from fastapi.responses import JSONResponse
 
 import jobs_plugin as jp
@@ -26,6 +26,8 @@ from jobs_plugin.models import (
     JobOutcomeReport,
     JobPublic,
     JobRunPublic,
+    JobScheduleCreate,
+    JobScheduleUpdate,
     JobSplit,
     JobUpdate,
 )
@@ -83,7 +85,7 @@ def _if_match(value: str | None) -> int | None:
         return None
     text = value.strip().removeprefix("W/").strip('"')
     if not text.isdigit():
-        raise ValidationError("If-Match", "must be a job version, such as \"3\"")
+        raise ValidationError("If-Match", 'must be a job version, such as "3"')
     return int(text)
 
 
@@ -343,3 +345,44 @@ def list_job_runs(
         job_id, organization=organization, page_number=page_number, page_size=page_size
     )
     return page([dump(r) for r in runs.items], runs)
+
+
+# --------------------------------------------------------------------------- schedules
+
+ScheduleId = Annotated[str, Path(alias="scheduleId")]
+
+
+@router.get("/{jobId}/schedules")
+def list_schedules(job_id: JobId, organization: OrganizationDep) -> dict[str, Any]:
+    """The job's schedules (cron or interval); they are its Prefect deployment's schedules."""
+    return whole([dump(s) for s in jp.list_schedules(job_id, organization=organization)])
+
+
+@router.post("/{jobId}/schedules", status_code=201)
+def add_schedule(
+    job_id: JobId, body: JobScheduleCreate, organization: OrganizationDep, actor: ActorDep
+) -> dict[str, Any]:
+    """Add a schedule; the job's Prefect deployment is created with its first one (503 when
+    no Prefect server with the job-runner deployment on a work pool can take it)."""
+    return one(dump(jp.schedule_job(job_id, body, organization=organization, actor=actor)))
+
+
+@router.patch("/{jobId}/schedules/{scheduleId}")
+def update_schedule(
+    job_id: JobId,
+    schedule_id: ScheduleId,
+    body: JobScheduleUpdate,
+    organization: OrganizationDep,
+    actor: ActorDep,
+) -> dict[str, Any]:
+    """Change a schedule; ``{"active": false}`` pauses it, ``{"active": true}`` resumes it."""
+    schedule = jp.update_schedule(job_id, schedule_id, body, organization=organization, actor=actor)
+    return one(dump(schedule))
+
+
+@router.delete("/{jobId}/schedules/{scheduleId}")
+def delete_schedule(
+    job_id: JobId, schedule_id: ScheduleId, organization: OrganizationDep, actor: ActorDep
+) -> dict[str, Any]:
+    jp.delete_schedule(job_id, schedule_id, organization=organization, actor=actor)
+    return SUCCESS
