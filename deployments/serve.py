@@ -5,7 +5,8 @@
 The runner registers ``prefect-jobs: run job/job-runner`` (replacing a work-pool deployment of
 the same name, see README.md) and executes its flow runs in subprocesses until Ctrl-C. Start it
 with the same ``PREFECT_JOBS_*`` environment as the code that creates the jobs: the runs read
-the catalog those variables name. ``prefect-jobs up`` starts one of these for you.
+the catalog those variables name. With no work pool there are no job schedules or
+``deployment``-isolated workflows: ``prefect-jobs up`` (a pool and workers) has them.
 """
 
 from __future__ import annotations

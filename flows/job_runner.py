@@ -1,8 +1,9 @@
 """The job runner: the one Prefect flow every prefect-jobs deployment runs.
 
-A flow run of the ``job-runner`` deployment (``prefect.yaml`` for a process work pool,
-``deployments/serve.py`` or ``prefect-jobs up`` for a local runner) loads a job from the
-catalog, compiles it and runs it. The runner's flow run ends as the job run does: Completed,
+A flow run of the ``job-runner`` deployment (on a process work pool by ``prefect-jobs up`` or
+``prefect.yaml``; served with no pool by ``deployments/serve.py``), or of a scheduled job's own
+deployment (``job-<job id>``), loads a job from the catalog, compiles it and runs it (the job's
+flow run is a subflow of the runner's). The runner's flow run ends as the job run does: Completed,
 Failed (the flow raises ``JobRunFailed``) or Cancelled.
 
 The catalog it reads is the one the runner's process is configured for

@@ -167,12 +167,35 @@ async def _drive(flow: Flow[..., Any], flow_run: FlowRun, run_id: str) -> None:
         if state is not None:
             catalog.observe_state(run_id, state.type, state.name, message=state.message)
     except BaseException as exc:
-        catalog.observe_state(
-            run_id, StateType.CRASHED, "Crashed", message=f"the job's flow crashed: {exc!r}"
-        )
+        if _canceled_in_prefect(flow_run):
+            # Prefect's cancel (the UI's Cancel on the job runner's flow run): its worker is
+            # stopping this process, and no hook of the job's flow runs anywhere else.
+            catalog.end_interrupted_run(run_id, "canceled in Prefect")
+        else:
+            catalog.observe_state(
+                run_id, StateType.CRASHED, "Crashed", message=f"the job's flow crashed: {exc!r}"
+            )
         if not isinstance(exc, Exception):
             raise
         logger.exception("job run %s crashed", run_id)
+
+
+def _canceled_in_prefect(flow_run: FlowRun) -> bool:
+    """Whether Prefect has the job's flow run (or the job runner's above it) cancelling or
+    cancelled."""
+    ended = (StateType.CANCELLING, StateType.CANCELLED)
+    try:
+        with get_client(sync_client=True) as client:
+            state = client.read_flow_run(flow_run.id).state
+            if state is not None and state.type in ended:
+                return True
+            parent = FlowRunContext.get()
+            if parent is None:
+                return False
+            state = client.read_flow_run(parent.flow_run.id).state if parent.flow_run else None
+            return state is not None and state.type in ended
+    except Exception:  # Prefect cannot say: not a cancel we know of
+        return False
 
 
 def wait_for_background(timeout: float | None = None) -> None:

@@ -202,7 +202,11 @@ async def _run_in_process(
             context={"tags_context": TagsContext.get().serialize()},
             env={"PREFECT_API_URL": str(client.api_url).rstrip("/")},
         )
-        canceled = await _wait(process, cancel_requested, poll_seconds)
+        try:
+            canceled = await _wait(process, cancel_requested, poll_seconds)
+        except BaseException:  # the job's process is being stopped (Prefect's cancel): no orphan
+            _stop(process)
+            raise
         state = (await client.read_flow_run(flow_run.id)).state
     if canceled and not (state and state.is_final() and not state.is_crashed()):
         state = await _force(flow_run, Cancelled(message="canceled: its process was terminated"))
@@ -228,10 +232,17 @@ async def _wait(
     while process.is_alive():
         await anyio.to_thread.run_sync(process.join, poll_seconds)
         if process.is_alive() and cancel_requested():
-            process.terminate()
-            await anyio.to_thread.run_sync(process.join, 5)
-            if process.is_alive():
-                process.kill()
-                await anyio.to_thread.run_sync(process.join)
+            await anyio.to_thread.run_sync(_stop, process)
             return True
     return False
+
+
+def _stop(process: multiprocessing.process.BaseProcess) -> None:
+    """Terminate the process; kill it if it is still there 5 s later."""
+    if not process.is_alive():
+        return
+    process.terminate()
+    process.join(5)
+    if process.is_alive():
+        process.kill()
+        process.join()

@@ -74,8 +74,9 @@ async def _job_runner(client: PrefectClient) -> DeploymentResponse:
         ) from None
     if not runner.work_pool_name:
         raise ExecutionError(
-            f"{JOB_RUNNER_DEPLOYMENT!r} is served by a runner, not on a work pool: a job's "
-            "schedules need a work pool and its workers (`prefect-jobs up`, or prefect.yaml)"
+            f"{JOB_RUNNER_DEPLOYMENT!r} is served by a runner (deployments/serve.py), not on a "
+            "work pool: a job's schedules need a work pool and its workers (`prefect-jobs up`, "
+            "or prefect.yaml)"
         )
     return runner
 

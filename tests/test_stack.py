@@ -1,10 +1,10 @@
 """``prefect-jobs up`` (``python -m jobs_plugin.stack``), end to end with real processes.
 
 One stack is started for the module on a temporary home and free ports: a real
-``prefect server start`` with its UI, the REST API under uvicorn and a Prefect runner serving
-the job-runner deployment. The tests talk to them over HTTP only, as a user would. The last
-test interrupts the stack like Ctrl-C does, checks that no process is left, and starts it again
-on the same home.
+``prefect server start`` with its UI, the REST API under uvicorn and a process worker on the
+work pool that holds the job-runner deployment. The tests talk to them over HTTP only, as a
+user would. The last test interrupts the stack like Ctrl-C does, checks that no process is
+left, and starts it again on the same home.
 """
 
 from __future__ import annotations
@@ -258,7 +258,8 @@ def test_up_prints_the_urls_and_a_key_kept_private(stack: Up) -> None:
     assert (stack.home / "catalog.db").exists()
     state = json.loads((stack.home / "up.json").read_text())
     assert state["pid"] == stack.process.pid
-    assert set(state["children"]) == {"prefect-server", "api", "runner"}
+    assert set(state["children"]) == {"prefect-server", "api", "worker"}
+    assert stack.printed("work pool") == "jobs (1 worker)"
 
 
 def test_the_prefect_ui_calls_the_configured_port(stack: Up) -> None:
@@ -290,7 +291,7 @@ def test_a_job_executed_over_rest_completes_on_the_stack_server(stack: Up) -> No
     flow_run = httpx.get(f"{stack.prefect_url}/api/flow_runs/{run['prefectFlowRunId']}")
     assert flow_run.status_code == 200
     assert flow_run.json()["state"]["type"] == "COMPLETED"
-    # The API server did not run it: it went to the job-runner deployment, whose runner did.
+    # The API server did not run it: it went to the job-runner deployment, whose worker did.
     flow, name = DEPLOYMENT.split("/")
     deployment = httpx.get(f"{stack.prefect_url}/api/deployments/name/{flow}/{name}").json()
     dispatched = httpx.post(
@@ -305,10 +306,14 @@ def test_a_job_executed_over_rest_completes_on_the_stack_server(stack: Up) -> No
     assert [e["topic"] for e in events][:2] == ["job:waiting", "job:started"]
 
 
-def test_the_runner_executes_job_runner_deployment_runs(stack: Up) -> None:
-    job_id = create_job(stack, "through the runner", ["test.noop"])
+def test_the_worker_executes_job_runner_deployment_runs(stack: Up) -> None:
+    job_id = create_job(stack, "through the worker", ["test.noop"])
     flow, name = DEPLOYMENT.split("/")
     deployment = httpx.get(f"{stack.prefect_url}/api/deployments/name/{flow}/{name}").json()
+    assert (deployment["work_pool_name"], deployment["entrypoint"]) == (
+        "jobs",
+        "flows.job_runner.run_job",
+    )
     created = httpx.post(
         f"{stack.prefect_url}/api/deployments/{deployment['id']}/create_flow_run",
         json={"parameters": {"job_id": job_id}},

@@ -396,3 +396,35 @@ def _descendants(worker: Child) -> set[int]:
     from tests.test_stack import descendants
 
     return descendants(worker.pid) if worker.pid else set()
+
+
+def test_a_cancel_from_prefect_ends_the_job_run_canceled(cluster: Cluster, tmp_path: Path) -> None:
+    """What the Prefect UI's Cancel button does to the job runner's flow run: the worker stops
+    its process; the job run ends CANCELED and no workflow process is left behind."""
+    started = tmp_path / "started"
+    job_id = create_job(
+        cluster,
+        "canceled in prefect",
+        [
+            {
+                "workflowId": "test.sync-sleep",
+                "isolation": "process",
+                "parameters": {"seconds": 300, "started_path": str(started)},
+            },
+            "test.noop",
+        ],
+    )
+    run_id = execute(cluster, job_id)
+    wait_for("the workflow to start", started.exists, timeout=90)
+    workflow_pid = int(started.read_text())
+    job_flow_run = cluster.prefect("GET", f"/flow_runs/{cluster.run(run_id)['prefectFlowRunId']}")
+    parent_task = cluster.prefect("GET", f"/task_runs/{job_flow_run['parent_task_run_id']}")
+    cluster.prefect(
+        "POST",
+        f"/flow_runs/{parent_task['flow_run_id']}/set_state",
+        json={"state": {"type": "CANCELLING", "message": "from the UI"}, "force": True},
+    )
+    run = cluster.wait_run(run_id, timeout=60)
+    assert run["status"] == "CANCELED", (run["info"], run["workflowRuns"])
+    assert run["workflowRuns"][0]["status"] == "CANCELED"
+    wait_for("the workflow's process to be gone", lambda: not alive(workflow_pid), timeout=15)

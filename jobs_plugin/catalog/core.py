@@ -9,6 +9,7 @@ from datetime import datetime
 from typing import Any
 
 import sqlalchemy as sa
+from prefect.client.schemas.objects import StateType
 from sqlmodel import Session, col, func, select
 from sqlmodel.sql.expression import SelectOfScalar
 
@@ -872,18 +873,34 @@ def end_stale_run(
         run = _locked_run(session, run_id)
         if run.status.is_terminal or run.last_sign_of_life >= older_than:
             return None
-        now = utcnow()
-        for step in _workflow_runs(session, run.id):
-            if step.status is WorkflowRunStatus.RUNNING:
-                step.status = WorkflowRunStatus.FAILED
-                step.error = message
-                step.finished_at = now
-                session.add(step)
-            elif step.status is WorkflowRunStatus.PENDING:
-                step.status = WorkflowRunStatus.NOT_RUN
-                session.add(step)
+        _end_steps(session, run, WorkflowRunStatus.FAILED, message)
         _apply_state(session, run, state_type, state_name, message)
     return run
+
+
+def end_interrupted_run(run_id: str, message: str) -> JobRun:
+    """End a run whose process is being stopped by a Prefect cancel (the UI's Cancel button):
+    CANCELED, its running workflow CANCELED and the ones after it NOT_RUN."""
+    with write_session() as session:
+        run = _locked_run(session, run_id)
+        if not run.status.is_terminal:
+            _end_steps(session, run, WorkflowRunStatus.CANCELED, message)
+            _apply_state(session, run, StateType.CANCELLED, "Cancelled", message)
+    return run
+
+
+def _end_steps(session: Session, run: JobRun, running: WorkflowRunStatus, message: str) -> None:
+    """The running workflow of an interrupted run ends ``running``, the ones after NOT_RUN."""
+    now = utcnow()
+    for step in _workflow_runs(session, run.id):
+        if step.status is WorkflowRunStatus.RUNNING:
+            step.status = running
+            step.error = message
+            step.finished_at = now
+            session.add(step)
+        elif step.status is WorkflowRunStatus.PENDING:
+            step.status = WorkflowRunStatus.NOT_RUN
+            session.add(step)
 
 
 def unfinished_runs(job_id: str, organization_id: str) -> list[JobRun]:

@@ -4,6 +4,7 @@ the job's deployment by ``jobs_plugin.prefect_deployments`` (the catalog is the 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from datetime import timedelta
 
 from sqlmodel import Session, col, select
 
@@ -83,15 +84,17 @@ def replace_in(session: Session, job: Job, rows: Sequence[JobSchedule], actor: s
             session.delete(row)
             changed = True
     now = utcnow()
-    for schedule_id, row in wanted.items():
+    for order, (schedule_id, row) in enumerate(wanted.items()):
         old = current.get(schedule_id)
         if old is None:
+            # Listed by creation time: schedules added together keep the order they came in.
+            created = now + timedelta(microseconds=order)
             session.add(
                 JobSchedule(
                     id=row.id,
                     job_id=job.id,
-                    created_at=now,
-                    updated_at=now,
+                    created_at=created,
+                    updated_at=created,
                     **{name: getattr(row, name) for name in _FIELDS},
                 )
             )

@@ -159,6 +159,7 @@ def test_another_organizations_objects_are_404_or_absent(server_url: str) -> Non
         "sheetId": sheet_id,
         "webhookId": hook.id,
         "deliveryId": delivery,
+        "scheduleId": "us_sc_of_a",  # B must not even learn whether A's job has it
     }
     with api_client(server_url, key_a) as a, api_client(server_url, key_b) as b:
         assert a.get(f"/jobs/{job.id}").status_code == 200
@@ -169,6 +170,8 @@ def test_another_organizations_objects_are_404_or_absent(server_url: str) -> Non
             body = {"name": "x"} if method in ("PATCH", "PUT") else None
             if path == "/v1/jobs/{jobId}/split":
                 body = {"parts": 2}
+            if path.startswith("/v1/jobs/{jobId}/schedules"):
+                body = {"active": False} if method == "PATCH" else {"cron": "0 6 * * *"}
             if path == "/v1/sheets/{sheetId}/records" and method in ("POST", "PUT"):
                 body = [{"id": "us_rc_1", "values": {}}] if method == "PUT" else [{}]
             params = {"workbookId": workbook.id} if path == "/v1/sheets" else None
