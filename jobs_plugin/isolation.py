@@ -205,7 +205,7 @@ async def _run_in_process(
         try:
             canceled = await _wait(process, cancel_requested, poll_seconds)
         except BaseException:  # the job's process is being stopped (Prefect's cancel): no orphan
-            _stop(process)
+            process.kill()  # at once: the worker gives this process only a few seconds
             raise
         state = (await client.read_flow_run(flow_run.id)).state
     if canceled and not (state and state.is_final() and not state.is_crashed()):

@@ -6,8 +6,10 @@ that is unfinished and has not been heard of for ``crash_after_seconds`` is look
 
 * its Prefect flow run is still SCHEDULED, PENDING or PAUSED (waiting for a worker, or paused
   on purpose): it is left alone;
-* Prefect has ended its flow run (a worker reported it Crashed, it was Cancelled...): that
-  state is applied, through the translation table;
+* Prefect has ended its flow run (a worker reported it Crashed, it was Cancelled...), or is
+  cancelling it or the job runner's flow run above it (the Prefect UI's Cancel, after which
+  the worker stopped the process): that state is applied, through the translation table
+  (cancelling reads as Cancelled);
 * otherwise (the flow run is RUNNING with nobody behind it, or there is none, or Prefect cannot
   be asked): the run ends FAILED, ``info`` "crashed: ..." with the reason, and ``job:failed``;
   its Prefect flow run is set Crashed too, so the Prefect UI agrees.
@@ -58,7 +60,30 @@ def _prefect_state(flow_run_id: str | None) -> _Seen | None:
         return None
     if state is None:
         return None
+    if state.type in (StateType.RUNNING, StateType.CANCELLING) and _parent_canceled(flow_run_id):
+        return _Seen(StateType.CANCELLED, "Cancelled", "canceled in Prefect")
+    if state.type is StateType.CANCELLING:  # its worker stopped it on a Prefect cancel
+        return _Seen(StateType.CANCELLED, "Cancelled", state.message or "canceled in Prefect")
     return _Seen(state.type, state.name or state.type.value.capitalize(), state.message)
+
+
+def _parent_canceled(flow_run_id: str) -> bool:
+    """Whether the flow run above the job's (the job runner's) is cancelling or cancelled: the
+    Prefect UI's Cancel, whose worker then stopped the job's process."""
+    from prefect.client.orchestration import get_client
+
+    try:
+        with get_client(sync_client=True) as client:
+            flow_run = client.read_flow_run(flow_run_id)  # type: ignore[arg-type]
+            if flow_run.parent_task_run_id is None:
+                return False
+            task_run = client.read_task_run(flow_run.parent_task_run_id)
+            if task_run.flow_run_id is None:
+                return False
+            state = client.read_flow_run(task_run.flow_run_id).state
+    except Exception:
+        return False
+    return state is not None and state.type in (StateType.CANCELLING, StateType.CANCELLED)
 
 
 def _crash_flow_run(flow_run_id: str | None, message: str) -> None:

@@ -428,3 +428,26 @@ def test_a_cancel_from_prefect_ends_the_job_run_canceled(cluster: Cluster, tmp_p
     assert run["status"] == "CANCELED", (run["info"], run["workflowRuns"])
     assert run["workflowRuns"][0]["status"] == "CANCELED"
     wait_for("the workflow's process to be gone", lambda: not alive(workflow_pid), timeout=15)
+
+
+def test_an_execute_overlapping_a_running_scheduled_job_is_skipped(
+    cluster: Cluster, tmp_path: Path
+) -> None:
+    """A job with schedules runs through its own deployment, whose concurrency limit (1, skip)
+    makes Prefect cancel a second run while the first executes; the reconciler ends it."""
+    started, release = tmp_path / "started", tmp_path / "release"
+    sleep = {"seconds": 120, "started_path": str(started), "release_path": str(release)}
+    job_id = create_job(
+        cluster,
+        "no overlap",
+        [{"workflowId": "test.sleep", "parameters": sleep}],
+        schedules=[{"cron": "0 0 1 1 *", "active": False}],
+    )
+    first = execute(cluster, job_id)
+    wait_for("the first run to start", started.exists, timeout=90)
+    second = execute(cluster, job_id)
+    skipped = cluster.wait_run(second, timeout=60)
+    assert skipped["status"] == "CANCELED", skipped
+    assert cluster.run(first)["status"] == "EXECUTING"
+    release.write_text("go")
+    assert cluster.wait_run(first)["status"] == "COMPLETED"

@@ -866,14 +866,17 @@ def end_stale_run(
     message: str,
 ) -> JobRun | None:
     """End an unfinished run in the given (Prefect) state, unless it showed a sign of life
-    after ``older_than`` meanwhile; its running workflow becomes FAILED and the workflows after
-    it NOT_RUN, so a retry starts at the interrupted one. ``None`` when nothing was done (it
-    ended or came alive): safe to call from several reconcilers at once."""
+    after ``older_than`` meanwhile; its running workflow becomes FAILED (CANCELED when the run
+    is) and the workflows after it NOT_RUN, so a retry starts at the interrupted one. ``None``
+    when nothing was done (it ended or came alive): safe to call from several reconcilers at
+    once."""
     with write_session() as session:
         run = _locked_run(session, run_id)
         if run.status.is_terminal or run.last_sign_of_life >= older_than:
             return None
-        _end_steps(session, run, WorkflowRunStatus.FAILED, message)
+        canceled = state_type in (StateType.CANCELLED, StateType.CANCELLING)
+        step_status = WorkflowRunStatus.CANCELED if canceled else WorkflowRunStatus.FAILED
+        _end_steps(session, run, step_status, message)
         _apply_state(session, run, state_type, state_name, message)
     return run
 
