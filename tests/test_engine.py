@@ -442,3 +442,27 @@ def test_subscribe_delivers_a_runs_events_in_order(catalog_url: str) -> None:
     assert run_events[-1].topic == Topic.COMPLETED.value
     cursors = [e.cursor for e in seen]
     assert cursors == sorted(cursors) and len(set(cursors)) == len(cursors)
+
+
+def test_a_deployment_step_without_its_deployment_fails_saying_so(catalog_url: str) -> None:
+    job = jp.create_job(
+        name="no deployment",
+        job_config_json={
+            "workflowExecutionOrder": [
+                "test.noop",
+                {"workflowId": "test.chunks", "isolation": "deployment"},
+                "test.noop",
+            ]
+        },
+    )
+    [_, step, _] = jp.plan(job.id)
+    assert (step["isolation"], step["deployment"]) == ("deployment", "chunks/test.chunks")
+    run = jp.execute(job.id)
+    assert run.status is JobStatus.FAILED
+    assert "there is no Prefect deployment 'chunks/test.chunks'" in (run.info or "")
+    assert [s.status for s in run.workflow_runs] == [
+        WorkflowRunStatus.COMPLETED,
+        WorkflowRunStatus.FAILED,
+        WorkflowRunStatus.NOT_RUN,
+    ]
+    assert "workflows deploy" in (run.workflow_runs[1].error or "")
