@@ -197,6 +197,27 @@ def execute(cluster: Cluster, job_id: str) -> str:
     return run_id
 
 
+def start_sleeping_process(cluster: Cluster, tmp_path: Path, name: str) -> tuple[str, str, int]:
+    """A job whose first workflow sleeps in a process of its own, executed until that process
+    runs: (job id, run id, the workflow's pid)."""
+    started = tmp_path / "started"
+    job_id = create_job(
+        cluster,
+        name,
+        [
+            {
+                "workflowId": "test.sync-sleep",
+                "isolation": "process",
+                "parameters": {"seconds": 300, "started_path": str(started)},
+            },
+            "test.noop",
+        ],
+    )
+    run_id = execute(cluster, job_id)
+    wait_for("the workflow to start", started.exists, timeout=90)
+    return job_id, run_id, int(started.read_text())
+
+
 def children_of(cluster: Cluster, flow_run_id: str) -> list[dict[str, Any]]:
     found: list[dict[str, Any]] = cluster.prefect(
         "POST",
@@ -361,22 +382,7 @@ def test_a_worker_killed_mid_workflow_fails_the_run_and_retry_resumes(
 def test_a_run_on_a_worker_is_canceled_and_its_workflow_process_is_gone(
     cluster: Cluster, tmp_path: Path
 ) -> None:
-    started = tmp_path / "started"
-    job_id = create_job(
-        cluster,
-        "canceled on a worker",
-        [
-            {
-                "workflowId": "test.sync-sleep",
-                "isolation": "process",
-                "parameters": {"seconds": 300, "started_path": str(started)},
-            },
-            "test.noop",
-        ],
-    )
-    run_id = execute(cluster, job_id)
-    wait_for("the workflow to start", started.exists, timeout=90)
-    workflow_pid = int(started.read_text())
+    job_id, run_id, workflow_pid = start_sleeping_process(cluster, tmp_path, "canceled on a worker")
     assert alive(workflow_pid)
     with cluster.client() as client:
         canceled = client.post(f"/jobs/{job_id}/cancel")
@@ -401,22 +407,7 @@ def _descendants(worker: Child) -> set[int]:
 def test_a_cancel_from_prefect_ends_the_job_run_canceled(cluster: Cluster, tmp_path: Path) -> None:
     """What the Prefect UI's Cancel button does to the job runner's flow run: the worker stops
     its process; the job run ends CANCELED and no workflow process is left behind."""
-    started = tmp_path / "started"
-    job_id = create_job(
-        cluster,
-        "canceled in prefect",
-        [
-            {
-                "workflowId": "test.sync-sleep",
-                "isolation": "process",
-                "parameters": {"seconds": 300, "started_path": str(started)},
-            },
-            "test.noop",
-        ],
-    )
-    run_id = execute(cluster, job_id)
-    wait_for("the workflow to start", started.exists, timeout=90)
-    workflow_pid = int(started.read_text())
+    _, run_id, workflow_pid = start_sleeping_process(cluster, tmp_path, "canceled in prefect")
     job_flow_run = cluster.prefect("GET", f"/flow_runs/{cluster.run(run_id)['prefectFlowRunId']}")
     parent_task = cluster.prefect("GET", f"/task_runs/{job_flow_run['parent_task_run_id']}")
     cluster.prefect(
