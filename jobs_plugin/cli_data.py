@@ -28,7 +28,8 @@ JsonOption = Annotated[
 ]
 
 
-def _org(ctx: typer.Context) -> str | None:
+def organization_of(ctx: typer.Context) -> str | None:
+    """The root app's `-o ORGANIZATION`, if given."""
     organization = getattr(ctx.obj, "organization", None)
     return organization if isinstance(organization, str) else None
 
@@ -72,7 +73,7 @@ def upload(
         space_id=space_id,
         environment_id=environment_id,
         mode=mode,
-        organization=_org(ctx),
+        organization=organization_of(ctx),
     )
     if as_json:
         _json(file)
@@ -87,7 +88,9 @@ def list_files(
     page_size: Annotated[int, typer.Option(min=1, max=1000)] = 50,
     as_json: JsonOption = False,
 ) -> None:
-    files = data.list_files(page_number=page, page_size=page_size, organization=_org(ctx))
+    files = data.list_files(
+        page_number=page, page_size=page_size, organization=organization_of(ctx)
+    )
     if as_json:
         _json(files.items)
         return
@@ -103,7 +106,7 @@ def list_files(
 
 @files_app.command("get")
 def get_file(ctx: typer.Context, file_id: str, as_json: JsonOption = False) -> None:
-    file = data.get_file(file_id, organization=_org(ctx))
+    file = data.get_file(file_id, organization=organization_of(ctx))
     if as_json:
         _json(file)
         return
@@ -125,17 +128,17 @@ def download(
 ) -> None:
     """Write a file's bytes to disk (or stdout with ``-O -``)."""
     if output is not None and str(output) == "-":
-        for block in data.iter_file(file_id, organization=_org(ctx)):
+        for block in data.iter_file(file_id, organization=organization_of(ctx)):
             sys.stdout.buffer.write(block)
         sys.stdout.buffer.flush()
         return
-    target = data.download_file(file_id, output or Path.cwd(), organization=_org(ctx))
+    target = data.download_file(file_id, output or Path.cwd(), organization=organization_of(ctx))
     typer.echo(str(target))
 
 
 @files_app.command("delete")
 def delete_file(ctx: typer.Context, file_id: str) -> None:
-    data.delete_file(file_id, organization=_org(ctx))
+    data.delete_file(file_id, organization=organization_of(ctx))
     typer.echo(f"deleted {file_id}")
 
 
@@ -164,7 +167,7 @@ def create_workbook(
             raise ValidationError("file", "must hold a JSON object")
     if name:
         spec["name"] = name
-    workbook = data.create_workbook(spec, organization=_org(ctx))
+    workbook = data.create_workbook(spec, organization=organization_of(ctx))
     if as_json:
         _json(workbook)
     else:
@@ -178,7 +181,9 @@ def list_workbooks(
     page_size: Annotated[int, typer.Option(min=1, max=1000)] = 50,
     as_json: JsonOption = False,
 ) -> None:
-    workbooks = data.list_workbooks(page_number=page, page_size=page_size, organization=_org(ctx))
+    workbooks = data.list_workbooks(
+        page_number=page, page_size=page_size, organization=organization_of(ctx)
+    )
     if as_json:
         _json(workbooks.items)
         return
@@ -195,11 +200,11 @@ def list_workbooks(
 
 @workbooks_app.command("get")
 def get_workbook(ctx: typer.Context, workbook_id: str, as_json: JsonOption = False) -> None:
-    workbook = data.get_workbook(workbook_id, organization=_org(ctx))
+    workbook = data.get_workbook(workbook_id, organization=organization_of(ctx))
     if as_json:
         _json(workbook)
         return
-    sheets = [data.get_sheet(s.id, organization=_org(ctx)) for s in workbook.sheets]
+    sheets = [data.get_sheet(s.id, organization=organization_of(ctx)) for s in workbook.sheets]
     _table(
         f"{workbook.name} ({workbook.id})",
         ["sheet", "name", "fields", "records", "valid", "errors"],
@@ -221,7 +226,7 @@ def get_workbook(ctx: typer.Context, workbook_id: str, as_json: JsonOption = Fal
 
 @workbooks_app.command("delete")
 def delete_workbook(ctx: typer.Context, workbook_id: str) -> None:
-    data.delete_workbook(workbook_id, organization=_org(ctx))
+    data.delete_workbook(workbook_id, organization=organization_of(ctx))
     typer.echo(f"deleted {workbook_id}")
 
 
@@ -254,12 +259,12 @@ def list_records(
         sort_field=sort_field,
         sort_direction=sort_direction,
         include_counts=True,
-        organization=_org(ctx),
+        organization=organization_of(ctx),
     )
     if as_json:
         _json(result)
         return
-    sheet = data.get_sheet(sheet_id, include_counts=False, organization=_org(ctx))
+    sheet = data.get_sheet(sheet_id, include_counts=False, organization=organization_of(ctx))
     keys = [f["key"] for f in sheet.config["fields"]]
     counts = result.counts
     title = f"{sheet.name}: {result.total} matching"

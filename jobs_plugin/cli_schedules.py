@@ -15,6 +15,7 @@ from rich.console import Console
 from rich.table import Table
 
 import jobs_plugin as jp
+from jobs_plugin.cli_data import organization_of
 from jobs_plugin.models import JobSchedulePublic
 
 schedules_app = typer.Typer(
@@ -26,11 +27,6 @@ ScheduleOpt = Annotated[
     str | None, typer.Option("--schedule", help="One schedule id (default: all of the job's).")
 ]
 JsonOption = Annotated[bool, typer.Option("--json", help="Print JSON (camelCase) on stdout.")]
-
-
-def _org(ctx: typer.Context) -> str | None:
-    organization = getattr(ctx.obj, "organization", None)
-    return organization if isinstance(organization, str) else None
 
 
 def _show(as_json: bool, schedules: list[JobSchedulePublic]) -> None:
@@ -67,19 +63,19 @@ def schedules_add(
         interval_seconds=interval,
         timezone=timezone,
         active=not paused,
-        organization=_org(ctx),
+        organization=organization_of(ctx),
     )
     if as_json:
         _show(True, [schedule])
         return
-    job = jp.get_job(job_id, organization=_org(ctx))
+    job = jp.get_job(job_id, organization=organization_of(ctx))
     typer.echo(f"schedule {schedule.id} added to deployment {job.prefect_deployment!r}")
 
 
 @schedules_app.command("list")
 def schedules_list(ctx: typer.Context, job_id: JobArg, as_json: JsonOption = False) -> None:
     """The job's schedules."""
-    _show(as_json, jp.list_schedules(job_id, organization=_org(ctx)))
+    _show(as_json, jp.list_schedules(job_id, organization=organization_of(ctx)))
 
 
 @schedules_app.command("pause")
@@ -87,7 +83,7 @@ def schedules_pause(
     ctx: typer.Context, job_id: JobArg, schedule: ScheduleOpt = None, as_json: JsonOption = False
 ) -> None:
     """Pause the job's schedules (or one): no new runs until resumed."""
-    _show(as_json, jp.pause_schedules(job_id, schedule, organization=_org(ctx)))
+    _show(as_json, jp.pause_schedules(job_id, schedule, organization=organization_of(ctx)))
 
 
 @schedules_app.command("resume")
@@ -95,7 +91,7 @@ def schedules_resume(
     ctx: typer.Context, job_id: JobArg, schedule: ScheduleOpt = None, as_json: JsonOption = False
 ) -> None:
     """Resume the job's schedules (or one)."""
-    _show(as_json, jp.resume_schedules(job_id, schedule, organization=_org(ctx)))
+    _show(as_json, jp.resume_schedules(job_id, schedule, organization=organization_of(ctx)))
 
 
 @schedules_app.command("delete")
@@ -105,7 +101,7 @@ def schedules_delete(
     schedule_id: Annotated[str, typer.Argument(metavar="SCHEDULE_ID", help="Schedule id.")],
 ) -> None:
     """Remove a schedule; with the last one the job's deployment goes."""
-    jp.delete_schedule(job_id, schedule_id, organization=_org(ctx))
+    jp.delete_schedule(job_id, schedule_id, organization=organization_of(ctx))
     typer.echo(f"schedule {schedule_id} deleted")
 
 
