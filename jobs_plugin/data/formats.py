@@ -1,9 +1,14 @@
 """Streaming readers and writers of CSV/TSV, JSON, JSON Lines and XLSX.
 
 Readers turn a binary stream into ``Table``s (one per CSV/JSON file, one per XLSX worksheet):
-a header, a small sample (for type inference) and an iterator over the remaining rows, each
-with the line (or item) it came from. Nothing reads a whole file into memory. A problem that
-makes a file unreadable is a ``DataError`` naming the line and the reason.
+a header, a small sample (for type inference) and ``take(n)``, the next ``n`` data rows as a
+``Block`` that knows the line (or item) each row came from. Nothing reads a whole file into
+memory. A problem that makes a file unreadable is a ``DataError`` naming the line and the
+reason.
+
+CSV blocks are read by the ``csv`` module straight into a list (no Python code per row): the
+line of a row is only worked out (from the block's last line and the line breaks inside its
+cells) when a block has blank or ragged rows, the only ones whose line a record names.
 """
 
 from __future__ import annotations
@@ -16,6 +21,7 @@ import json
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import date, datetime, time
+from operator import itemgetter
 from typing import IO, Any, cast
 
 from jobs_plugin.data.schema import CastError, keys_for, to_number
@@ -44,18 +50,39 @@ class DataError(ValueError):
 
 
 @dataclass
+class Block:
+    """Consecutive data rows of a table. ``where(i)`` names the origin of ``cells[i]``;
+    ``uniform``: every row is a list of text cells, as many as the table has columns."""
+
+    cells: Sequence[Cells]
+    where: Callable[[int], str]
+    uniform: bool = False
+
+
+@dataclass
 class Table:
     """One table of a file. ``columns``: ``(key, label)`` per column (positional rows) or per
-    object key (JSON rows, ``keyed=True``); ``rows`` yields ``(where, cells)`` for every data
-    row, the sample included."""
+    object key (JSON rows, ``keyed=True``); ``take(n)`` returns the next ``n`` data rows (fewer
+    at the end, none after it), the sample's included."""
 
     name: str
     columns: list[tuple[str, str]]
     sample: list[Cells]
-    rows: Iterator[tuple[str, Cells]]
+    take: Callable[[int], Block]
     estimated_rows: int | None = None
     keyed: bool = False
     source_keys: list[str] = field(default_factory=list)
+
+
+def _taker(rows: Iterator[tuple[str, Cells]]) -> Callable[[int], Block]:
+    """``take`` over an iterator of ``(where, cells)``."""
+
+    def take(n: int) -> Block:
+        items = list(itertools.islice(rows, n))
+        wheres = [where for where, _ in items]
+        return Block([cells for _, cells in items], wheres.__getitem__)
+
+    return take
 
 
 def extension_of(name: str) -> str:
@@ -152,39 +179,93 @@ def looks_like_header(cells: Sequence[Any], next_row: Sequence[Any] | None) -> b
     return next_row is None or list(next_row) != list(cells)
 
 
+def _breaks(cells: Sequence[str]) -> int:
+    """Line breaks inside a row's cells (``\\r\\n``, ``\\r`` and ``\\n`` end a line)."""
+    return sum(c.count("\n") + c.count("\r") - c.count("\r\n") for c in cells)
+
+
+def _blank(row: Sequence[str]) -> bool:
+    return not any(row) or (len(row) == 1 and not row[0].strip())
+
+
+class _CsvRows:
+    """The data rows of a CSV reader: ``(where, row)`` one at a time (for the header and the
+    sample), then blocks (``take``)."""
+
+    def __init__(self, reader: Any, encoding: str) -> None:
+        self.reader, self.encoding = reader, encoding
+        self.pending: list[tuple[str, list[str]]] = []
+        self.width = 0
+
+    def _read(self, n: int) -> list[list[str]]:
+        reader = self.reader
+        try:
+            return list(itertools.islice(reader, n))
+        except UnicodeDecodeError as exc:
+            # The text layer decodes ahead of the csv reader, a block at a time: count the
+            # line ends of the failing block before the bad byte.
+            line = reader.line_num + 1 + exc.object[: exc.start].count(b"\n")
+            raise DataError(
+                f"line {line}",
+                f"not valid {self.encoding} text (byte 0x{exc.object[exc.start]:02x}); "
+                "save the file as UTF-8 or give options.encoding",
+            ) from exc
+        except csv.Error as exc:
+            raise DataError(f"line {reader.line_num}", f"malformed CSV: {exc}") from exc
+
+    def one(self) -> tuple[str, list[str]] | None:
+        """The next data row and its line (blank lines skipped)."""
+        while True:
+            rows = self._read(1)
+            if not rows:
+                return None
+            if not _blank(rows[0]):
+                return f"line {self.reader.line_num}", rows[0]
+
+    def take(self, n: int) -> Block:
+        head, self.pending = self.pending[:n], self.pending[n:]
+        rows = [cells for _, cells in head]
+        wheres = [where for where, _ in head]
+        block = self._read(n - len(rows)) if len(rows) < n else []
+        last = self.reader.line_num
+        odd = self.width == 1 or not all(map(any, block)) or set(map(len, block)) != {self.width}
+        if block and odd:
+            # Blank or ragged rows: the line of each row, back from the block's last line.
+            lines = [0] * len(block)
+            for i in range(len(block) - 1, -1, -1):
+                lines[i] = last
+                last -= 1 + _breaks(block[i])
+            kept = [i for i, row in enumerate(block) if not _blank(row)]
+            rows += [block[i] for i in kept]
+            wheres += [f"line {lines[i]}" for i in kept]
+            return Block(rows, wheres.__getitem__)
+        uniform = all(len(r) == self.width for r in rows)
+        if not block:
+            return Block(rows, wheres.__getitem__, uniform and bool(rows))
+        start = len(rows)
+        rows += block
+
+        def where(i: int) -> str:
+            if i < start:
+                return wheres[i]
+            line = last
+            for row in reversed(block[i - start + 1 :]):
+                line -= 1 + _breaks(row)
+            return f"line {line}"
+
+        return Block(rows, where, uniform)
+
+
 def _csv_table(stream: IO[bytes], ext: str, size: int, options: dict[str, Any]) -> Table:
     text, encoding, sample = _text(stream, options)
     delimiter = options.get("delimiter") or _pick_delimiter(sample, ext)
-    reader = csv.reader(text, delimiter=delimiter, strict=True)
-    state = {"line": 0}
-
-    def raw_rows() -> Iterator[tuple[str, list[str]]]:
-        while True:
-            try:
-                row = next(reader)
-            except StopIteration:
-                return
-            except UnicodeDecodeError as exc:
-                # The text layer decodes ahead of the csv reader, a block at a time: count the
-                # line ends of the failing block before the bad byte.
-                line = reader.line_num + 1 + exc.object[: exc.start].count(b"\n")
-                raise DataError(
-                    f"line {line}",
-                    f"not valid {encoding} text (byte 0x{exc.object[exc.start]:02x}); "
-                    "save the file as UTF-8 or give options.encoding",
-                ) from exc
-            except csv.Error as exc:
-                raise DataError(f"line {reader.line_num}", f"malformed CSV: {exc}") from exc
-            state["line"] = reader.line_num
-            if not any(row) or (len(row) == 1 and not row[0].strip()):
-                continue  # empty lines are not records
-            yield f"line {reader.line_num}", row
-
-    rows = raw_rows()
-    first = next(rows, None)
+    rows = _CsvRows(csv.reader(text, delimiter=delimiter, strict=True), encoding)
+    first = rows.one()
     if first is None:
         raise DataError("line 1", "the file is empty (no header and no rows)")
-    lookahead = list(itertools.islice(rows, SAMPLE_ROWS))
+    lookahead: list[tuple[str, list[str]]] = []
+    while len(lookahead) < SAMPLE_ROWS and (row := rows.one()) is not None:
+        lookahead.append(row)
     header_option = options.get("header")
     second = lookahead[0][1] if lookahead else None
     has_header = (
@@ -196,6 +277,7 @@ def _csv_table(stream: IO[bytes], ext: str, size: int, options: dict[str, Any]) 
     else:
         columns = keys_for([f"Column {i + 1}" for i in range(len(first[1]))])
         data = [first, *lookahead]
+    rows.pending, rows.width = list(data), len(columns)
     sample_bytes = max(1, len(sample.encode(encoding, errors="ignore")))
     sample_lines = max(1, sample.count("\n"))
     estimate = int(size / (sample_bytes / sample_lines)) if size else len(data)
@@ -203,7 +285,7 @@ def _csv_table(stream: IO[bytes], ext: str, size: int, options: dict[str, Any]) 
         name=options.get("sheetName") or "Sheet1",
         columns=columns,
         sample=[cells for _, cells in data],
-        rows=itertools.chain(data, rows),
+        take=rows.take,
         estimated_rows=max(len(data), estimate - (1 if has_header else 0)),
     )
 
@@ -304,7 +386,7 @@ def _json_table(stream: IO[bytes], size: int, options: dict[str, Any], lines: bo
         name=options.get("sheetName") or "Sheet1",
         columns=columns,
         sample=[[obj.get(k) for k in source_keys] for _, obj in head if isinstance(obj, dict)],
-        rows=itertools.chain(head, rows),
+        take=_taker(itertools.chain(head, rows)),
         estimated_rows=estimate,
         keyed=True,
         source_keys=source_keys,
@@ -371,7 +453,7 @@ def _xlsx_tables(stream: IO[bytes], options: dict[str, Any]) -> list[Table]:
                 name=name,
                 columns=columns,
                 sample=[cells for _, cells in data],
-                rows=itertools.chain(data, rows),
+                take=_taker(itertools.chain(data, rows)),
                 estimated_rows=(max_row - (1 if has_header else 0)) if max_row else len(data),
             )
         )
@@ -393,6 +475,32 @@ def csv_cell(value: Any) -> str:
     if isinstance(value, (dict, list)):
         return json.dumps(value, ensure_ascii=False)
     return str(value)
+
+
+_PLAIN = frozenset({str, int, float, type(None)})
+"""Cell types the csv module writes as ``csv_cell`` renders them (None as empty, numbers
+with ``str``)."""
+
+
+def csv_rows(records: Sequence[dict[str, Any]], keys: Sequence[str]) -> Iterable[Sequence[Any]]:
+    """The cells of ``records`` under ``keys`` for the csv module, rendered as ``csv_cell``
+    renders them: picked by ``itemgetter`` and checked a column at a time (C-level maps), a
+    column of other types (booleans, objects) rendered cell by cell."""
+    if len(keys) < 2:
+        return ([csv_cell(r.get(k)) for k in keys] for r in records)
+    try:
+        rows: list[Any] = list(map(itemgetter(*keys), records))
+    except KeyError:  # a record without some key: the general way
+        return ([csv_cell(r.get(k)) for k in keys] for r in records)
+    if not rows:
+        return rows
+    columns: list[Sequence[Any]] = list(zip(*rows, strict=True))
+    rendered = False
+    for j, column in enumerate(columns):
+        if not _PLAIN.issuperset(map(type, column)):
+            columns[j] = list(map(csv_cell, column))
+            rendered = True
+    return zip(*columns, strict=True) if rendered else rows
 
 
 class Writer:
@@ -427,7 +535,7 @@ class Writer:
     def write(self, rows: Iterable[dict[str, Any]]) -> None:
         keys = self.keys
         if self.fmt in ("csv", "tsv"):
-            self._csv.writerows([csv_cell(r.get(k)) for k in keys] for r in rows)
+            self._csv.writerows(csv_rows(list(rows), keys))
         elif self.fmt == "jsonl":
             assert self._text is not None
             dumps: Callable[..., str] = json.dumps

@@ -12,6 +12,7 @@ import math
 import re
 from collections.abc import Callable, Iterable, Sequence
 from datetime import date, datetime
+from itertools import repeat
 from typing import Any
 
 from jobs_plugin.data.models import FieldType, SheetConfig, SheetField
@@ -25,6 +26,8 @@ _TRUE = {"true", "yes", "y", "t", "1"}
 _FALSE = {"false", "no", "n", "f", "0"}
 _BOOLEANS = {**dict.fromkeys(_TRUE, True), **dict.fromkeys(_FALSE, False)}
 _KEY_CHARS = re.compile(r"[^0-9a-zA-Z]+")
+_SAFE = 2**53
+"""Integers at or above this (in size) are kept as floats, as JSON clients read them."""
 
 
 class CastError(ValueError):
@@ -32,14 +35,16 @@ class CastError(ValueError):
 
 
 def to_number(value: Any) -> int | float:
-    """``int`` when integral (below 2**53), else a finite ``float``. The common case, a
-    decimal string, takes the C conversions ``int()``/``float()`` only."""
+    """``int`` when integral (below 2**53 in size), else a finite ``float``. The common case,
+    a decimal string, takes the C conversions ``int()``/``float()`` only."""
     kind = type(value)
     if kind is str:
         if "_" not in value:
             if "." not in value and "e" not in value and "E" not in value:
                 try:
-                    return int(value)
+                    whole = int(value)
+                    if -_SAFE < whole < _SAFE:
+                        return whole
                 except ValueError:
                     pass
             try:
@@ -47,10 +52,15 @@ def to_number(value: Any) -> int | float:
             except ValueError:
                 number = math.nan
             if math.isfinite(number):
-                return int(number) if number.is_integer() and abs(number) < 2**53 else number
+                return int(number) if number.is_integer() and abs(number) < _SAFE else number
         raise CastError(f"must be a number, got {_shown(value)}")
     if kind is int:
-        return int(value)
+        if -_SAFE < value < _SAFE:
+            return int(value)
+        try:
+            return to_number(float(value))
+        except OverflowError:
+            raise CastError("must be a finite number") from None
     if kind is float:
         if not math.isfinite(value):
             raise CastError("must be a finite number")
@@ -124,6 +134,7 @@ class Validator:
         for f in self.fields:
             self._plans.append((f.key, _converter(f), f.has("required")))
         self._unique = [f.key for f in self.fields if f.has("unique")]
+        self._fast = [_fast_converter(f) for f in self.fields]
 
     def validate(self, row: dict[str, Any]) -> tuple[dict[str, Any], Messages | None]:
         values: dict[str, Any] = {}
@@ -154,6 +165,33 @@ class Validator:
                     values[key] = raw
         return values, messages
 
+    def validate_columns(
+        self, rows: Sequence[Sequence[str]], positions: Sequence[int | None]
+    ) -> list[tuple[dict[str, Any], Messages | None]]:
+        """``validate`` of rows of text cells (CSV rows), field ``j`` in cell
+        ``positions[j]`` (None: no cell), one column at a time: a column whose cells all have
+        the plain form of the field's type is converted by C-level maps, any other cell by
+        cell as ``validate`` does it. The results are ``validate``'s."""
+        if not rows:
+            return []
+        columns = list(zip(*rows, strict=True))
+        problems: dict[int, Messages] = {}
+        converted: list[Sequence[Any]] = []
+        for (key, convert, required), fast, at in zip(
+            self._plans, self._fast, positions, strict=True
+        ):
+            column: Sequence[Any] = columns[at] if at is not None else [None] * len(rows)
+            values = fast(column) if at is not None and "" not in column else None
+            if values is None:
+                values = _by_cell(key, convert, required, column, problems)
+            converted.append(values)
+        keys = [key for key, _, _ in self._plans]
+        records = list(map(dict, map(zip, repeat(keys), zip(*converted, strict=True))))
+        out: list[tuple[dict[str, Any], Messages | None]] = list(zip(records, repeat(None)))
+        for i, messages in problems.items():
+            out[i] = (records[i], messages)
+        return out
+
     def check_unique(
         self, rows: list[tuple[dict[str, Any], Messages | None]]
     ) -> list[tuple[dict[str, Any], Messages | None]]:
@@ -174,6 +212,91 @@ class Validator:
                 seen[key].add(marker)
             out.append((values, messages))
         return out
+
+
+def _by_cell(
+    key: str,
+    convert: Callable[[Any], Any] | None,
+    required: bool,
+    column: Sequence[Any],
+    problems: dict[int, Messages],
+) -> list[Any]:
+    """A column the way ``Validator.validate`` takes a cell; messages go to ``problems``."""
+    out: list[Any] = []
+    for i, raw in enumerate(column):
+        if raw is None or raw == "":
+            out.append(None)
+            if required:
+                problems.setdefault(i, {})[key] = [{"type": "error", "message": "is required"}]
+            continue
+        cast = convert
+        if cast is None:
+            if type(raw) is str:
+                out.append(raw)
+                continue
+            cast = to_string
+        try:
+            out.append(cast(raw))
+        except CastError as exc:
+            out.append(raw)
+            problems.setdefault(i, {})[key] = [{"type": "error", "message": str(exc)}]
+    return out
+
+
+FastColumn = Callable[[Sequence[str]], list[Any] | None]
+
+
+def _fast_strings(column: Sequence[str]) -> list[Any] | None:
+    return list(column)
+
+
+def _fast_numbers(column: Sequence[str]) -> list[Any] | None:
+    """``to_number`` of every cell by ``map(int)`` / ``map(float)``; None when a cell needs
+    ``to_number`` itself (an error, an underscore, NaN, infinity, 2**53 and above)."""
+    joined = "".join(column)
+    if "_" in joined:
+        return None
+    try:
+        if "." not in joined and "e" not in joined and "E" not in joined:
+            whole = list(map(int, column))
+            return whole if max(map(abs, whole)) < _SAFE else None
+        floats = list(map(float, column))
+    except ValueError:
+        return None
+    if any(map(math.isnan, floats)) or any(map(math.isinf, floats)):
+        return None
+    if max(map(abs, floats)) >= _SAFE:
+        return None
+    return [int(f) if f.is_integer() else f for f in floats]
+
+
+def _fast_booleans(column: Sequence[str]) -> list[Any] | None:
+    values = list(map(_BOOLEANS.get, map(str.lower, map(str.strip, column))))
+    return None if None in values else values
+
+
+def _fast_dates(column: Sequence[str]) -> list[Any] | None:
+    """ISO dates (``to_date``'s ``date.fromisoformat`` case: ten characters)."""
+    if set(map(len, column)) != {10}:
+        return None
+    try:
+        return list(map(date.isoformat, map(date.fromisoformat, column)))
+    except ValueError:
+        return None
+
+
+def _fast_converter(f: SheetField) -> FastColumn:
+    """The column converter of a field's type (see ``Validator.validate_columns``)."""
+    if f.type is FieldType.STRING:
+        return _fast_strings
+    if f.type is FieldType.NUMBER:
+        return _fast_numbers
+    if f.type is FieldType.BOOLEAN:
+        return _fast_booleans
+    if f.type is FieldType.DATE:
+        return _fast_dates
+    options = frozenset(o.value for o in (f.config.options if f.config else []))
+    return lambda column: list(column) if options.issuperset(column) else None
 
 
 def _converter(f: SheetField) -> Callable[[Any], Any] | None:
