@@ -318,6 +318,15 @@ record_table = sa.Table(
 """One row per record: ``values`` maps field keys to plain values; ``messages`` maps the keys
 of invalid cells to Flatfile's ``[{"type": "error", "message": ...}]`` (NULL when valid)."""
 
+counter_table = sa.Table(
+    "data_counter",
+    DataModel.metadata,
+    sa.Column("name", sa.String(40), primary_key=True),
+    sa.Column("value", sa.BigInteger, nullable=False),
+)
+"""Highest numbers given: ``record`` is the highest record row number ever used on SQLite
+(which would otherwise give a deleted newest record's number to the next one)."""
+
 checkpoint_table = sa.Table(
     "data_checkpoint",
     DataModel.metadata,

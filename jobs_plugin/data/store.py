@@ -584,8 +584,8 @@ def stream_values(
                 .where(*where)
                 .order_by(*_sortable(query, sheet))
             )
-            for part in result.partitions(batch):
-                yield [loads(text) if text else {} for (text,) in part]
+            for part in result.scalars().partitions(batch):
+                yield list(map(loads, part))
 
 
 def records_after(
@@ -632,6 +632,9 @@ def insert_records(organization_id: str, sheet_id: str, rows: Sequence[Row]) -> 
         return []
     with _Write() as session:
         conn = session.connection()
+        if conn.dialect.name == "sqlite":
+            low, high = _insert_bulk_sqlite(conn, sheet_id, rows)
+            return list(range(low, high + 1))
         result = conn.execute(
             record_table.insert().returning(R.seq, sort_by_parameter_order=True),
             _rows(sheet_id, rows),
@@ -684,36 +687,44 @@ def _encode(value: Any) -> str:
 
 def _insert_bulk(conn: sa.Connection, sheet_id: str, rows: Sequence[Row]) -> tuple[int, int]:
     """Insert rows in order; the (lowest, highest) row numbers they got."""
+    if not rows:
+        raise ValueError("no rows to insert")
     if conn.dialect.name == "sqlite":
         return _insert_bulk_sqlite(conn, sheet_id, rows)
-    # Elsewhere: one ``executemany`` of pre-encoded JSON (SQLAlchemy's per-row parameter
-    # processing costs more than the insert itself).
-    before = conn.execute(sa.select(sa.func.coalesce(sa.func.max(R.seq), 0))).scalar_one()
-    mark = "?" if conn.dialect.paramstyle == "qmark" else "%s"
-    sql = (
-        'INSERT INTO data_record (sheet_id, valid, "values", messages) '
-        f"VALUES ({mark}, {mark}, {mark}, {mark})"
-    )
+    # PostgreSQL: numbers drawn from the table's sequence (so never given twice, and right
+    # even when other writers draw at the same time), then one ``executemany`` of pre-encoded
+    # JSON (SQLAlchemy's per-row parameter processing costs more than the insert itself).
+    seqs = [
+        int(s)
+        for s in conn.exec_driver_sql(
+            "SELECT nextval(pg_get_serial_sequence('data_record', 'seq')) "
+            "FROM generate_series(1, %s)",
+            (len(rows),),
+        ).scalars()
+    ]
     encode = _encode
     conn.exec_driver_sql(
-        sql,
+        'INSERT INTO data_record (seq, sheet_id, valid, "values", messages) '
+        "VALUES (%s, %s, %s, %s, %s)",
         [
-            (sheet_id, not messages, encode(values), encode(messages) if messages else None)
-            for values, messages in rows
+            (seq, sheet_id, not messages, encode(values), encode(messages) if messages else None)
+            for seq, (values, messages) in zip(seqs, rows, strict=True)
         ],
     )
-    after = conn.execute(
-        sa.select(sa.func.coalesce(sa.func.max(R.seq), 0)).where(R.sheet_id == sheet_id)
-    ).scalar_one()
-    return int(before) + 1, int(after)
+    return min(seqs), max(seqs)
 
 
 def _insert_bulk_sqlite(conn: sa.Connection, sheet_id: str, rows: Sequence[Row]) -> tuple[int, int]:
     """SQLite: the whole chunk as ONE JSON array, split by ``json_each`` inside one statement
-    (no parameter binding per row), row numbers given explicitly after the highest one, as
-    SQLite would give them (the writer holds ``BEGIN IMMEDIATE``: nobody else takes them);
+    (no parameter binding per row), row numbers given explicitly after the highest ever
+    given (``data_counter``; the writer holds ``BEGIN IMMEDIATE``: nobody else takes them);
     then the messages of the invalid rows, by row number."""
-    base = int(conn.exec_driver_sql("SELECT coalesce(max(seq), 0) FROM data_record").scalar_one())
+    base = int(
+        conn.exec_driver_sql(
+            "UPDATE data_counter SET value = value + ? WHERE name = 'record' RETURNING value",
+            (len(rows),),
+        ).scalar_one()
+    ) - len(rows)
     values = orjson.dumps([v for v, _ in rows], option=orjson.OPT_NON_STR_KEYS).decode()
     conn.exec_driver_sql(
         'INSERT INTO data_record (seq, sheet_id, valid, "values") '

@@ -38,7 +38,7 @@ def test_store_round_trip(data_url: str) -> None:
         version = conn.exec_driver_sql(
             "SELECT version_num FROM prefect_jobs_data_alembic_version"
         ).scalar()
-    assert version == "0001"
+    assert version == "0002"
 
     rows = [
         ({"n": i, "w": f"word {i}"}, None if i % 3 else {"n": [{"message": "x"}]})
@@ -80,3 +80,19 @@ def test_store_round_trip(data_url: str) -> None:
     store.delete_workbook(ORG, workbook.id)
     with store.get_store().reader.connect() as conn:
         assert conn.execute(sa.text("SELECT count(*) FROM data_record")).scalar() == 0
+
+
+def test_record_numbers_are_never_given_twice(data_url: str) -> None:
+    config = SheetConfig(name="S", fields=[{"key": "n", "type": "number"}])
+    _, [sheet] = store.create_workbook(ORG, name="W", sheets=[config])
+    first = store.insert_records(ORG, sheet.id, [({"n": i}, None) for i in range(3)])
+    assert first == [first[0], first[0] + 1, first[0] + 2]
+    store.delete_records(ORG, sheet.id, first[1:])  # the newest ones
+    state = store.commit_chunk(
+        ORG, "lin", 0, None, {}, store.Chunk(inserts=[(sheet.id, [({"n": 9}, None)])])
+    )
+    [[_, low, high]] = state["ranges"]
+    again = store.insert_records(ORG, sheet.id, [({"n": 10}, {"n": [{"message": "x"}]})])
+    assert low == high and low > first[2] and again[0] > high
+    _, rows, _ = store.query_records(ORG, sheet.id, store.RecordQuery(filter="error"))
+    assert [r._mapping["seq"] for r in rows] == again
