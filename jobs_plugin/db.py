@@ -37,7 +37,7 @@ class Catalog:
     writer: Engine
 
 
-def _sqlite_engine(url: str, *, immediate: bool, busy_timeout: float, cache_mib: int) -> Engine:
+def _sqlite_engine(url: str, *, immediate: bool, busy_timeout: float) -> Engine:
     engine = sa.create_engine(url, connect_args={"check_same_thread": False})
 
     @sa.event.listens_for(engine, "connect")
@@ -48,7 +48,6 @@ def _sqlite_engine(url: str, *, immediate: bool, busy_timeout: float, cache_mib:
         cursor.execute("PRAGMA synchronous=NORMAL")
         cursor.execute("PRAGMA foreign_keys=ON")
         cursor.execute(f"PRAGMA busy_timeout={int(busy_timeout * 1000)}")
-        cursor.execute(f"PRAGMA cache_size=-{int(cache_mib) * 1024}")
         cursor.close()
 
     @sa.event.listens_for(engine, "begin")
@@ -64,11 +63,11 @@ def _build(url: str) -> Catalog:
         database = sa.make_url(url).database
         if database and database != ":memory:":
             Path(database).expanduser().parent.mkdir(parents=True, exist_ok=True)
-        busy, cache = settings.sqlite_busy_timeout_seconds, settings.sqlite_cache_mib
+        busy = settings.sqlite_busy_timeout_seconds
         return Catalog(
             url,
-            _sqlite_engine(url, immediate=False, busy_timeout=busy, cache_mib=cache),
-            _sqlite_engine(url, immediate=True, busy_timeout=busy, cache_mib=cache),
+            _sqlite_engine(url, immediate=False, busy_timeout=busy),
+            _sqlite_engine(url, immediate=True, busy_timeout=busy),
         )
     engine = sa.create_engine(url, pool_pre_ping=True)
     return Catalog(url, engine, engine)

@@ -155,14 +155,6 @@ class Settings(BaseSettings):
         gt=0,
         description="How long a SQLite writer waits for the lock before failing.",
     )
-    sqlite_cache_mib: int = Field(
-        default=32,
-        ge=1,
-        description=(
-            "Page cache of each SQLite connection, in MiB (filled only as used). SQLite's "
-            "default, 2 MiB, made a million-record chunked insert about 40% slower."
-        ),
-    )
 
     @property
     def home_path(self) -> Path:
