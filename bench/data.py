@@ -4,7 +4,9 @@
 Each measurement runs in a fresh child process, so its peak memory (max RSS) is its own:
 ours runs the operation job (Prefect's temporary local server is started and warmed up
 first, outside the timing); the baseline is the ``sqlite3`` binary (or, where it is missing,
-Python's ``sqlite3`` module with ``executemany``, said so in the report).
+Python's ``sqlite3`` module with ``executemany``, said so in the report). A third child
+splits an extract's time without Prefect (csv module alone, prepare, commit), as multiples
+of the baseline's import time.
 
     .venv/bin/python bench/data.py                       # 100k and 1M rows
     .venv/bin/python bench/data.py --rows 20000          # a quick run
@@ -106,6 +108,50 @@ def child_ours(csv_path: str, home: str, chunk: int) -> dict[str, Any]:
         }
 
 
+def child_floor(csv_path: str, home: str, chunk: int) -> dict[str, Any]:
+    """Where an extract's time goes, without Prefect: Python's csv module reading the file and
+    nothing else; then the extract's two halves run one after the other on every chunk (the
+    job overlaps them on two threads): preparing (read, validate, build records) and
+    committing (JSON encoding, the SQLite insert, the checkpoint)."""
+    import gc
+    import itertools
+
+    os.environ["PREFECT_JOBS_HOME"] = home
+    from jobs_plugin.data import formats, operations, store
+
+    gc.set_threshold(operations.BULK_GC_THRESHOLD, *gc.get_threshold()[1:])
+    t0 = time.perf_counter()
+    with open(csv_path, newline="", encoding="utf-8") as fh:
+        reader = csv.reader(fh)
+        while list(itertools.islice(reader, chunk)):
+            pass
+    csv_s = time.perf_counter() - t0
+    org, size = "us_org_bench", os.path.getsize(csv_path)
+    with open(csv_path, "rb") as stream:
+        tables = formats.read_tables(stream, "csv", size)
+        state = store.prepare_targets(
+            org,
+            "bench",
+            0,
+            workbook_id=None,
+            workbook_name="bench",
+            plan=operations._plan(org, None, tables),
+            state={"table": 0, "rows": 0, "chunks": 0, "records": 0},
+        )
+        writer = operations._TableWriter(tables[0], store.get_sheet(org, state["targets"][0]))
+        prepare_s = commit_s = 0.0
+        while True:
+            t0 = time.perf_counter()
+            rows = operations._prepare_chunk(writer, chunk)
+            prepare_s += time.perf_counter() - t0
+            if not rows:
+                break
+            t0 = time.perf_counter()
+            state = operations._commit_chunk(org, "bench", 0, state, 0, rows)
+            commit_s += time.perf_counter() - t0
+    return {"csv_s": csv_s, "prepare_s": prepare_s, "commit_s": commit_s}
+
+
 def child_sqlite_cli(csv_path: str, workdir: str) -> dict[str, Any]:
     db = Path(workdir) / "baseline.db"
     out = Path(workdir) / "baseline-export.csv"
@@ -183,6 +229,8 @@ def main() -> None:
         kind, *rest = args.child
         if kind == "ours":
             measured = child_ours(rest[0], rest[1], int(rest[2]))
+        elif kind == "floor":
+            measured = child_floor(rest[0], rest[1], int(rest[2]))
         elif kind == "cli":
             measured = child_sqlite_cli(rest[0], rest[1])
         else:
@@ -214,6 +262,7 @@ def main() -> None:
             base = _spawn([baseline, str(path), str(folder)])
             ours = _spawn(["ours", str(path), str(folder / "home"), str(args.chunk)])
             assert ours["records"] == rows, ours
+            floor = _spawn(["floor", str(path), str(folder / "floor-home"), str(args.chunk)])
             ex, bex = rows / ours["extract_s"], rows / base["extract_s"]
             out, bout = rows / ours["export_s"], rows / base["export_s"]
             print(
@@ -223,6 +272,13 @@ def main() -> None:
             )
             print(f"          ours: {json.dumps(ours)}")
             print(f"          base: {json.dumps(base)}")
+            print(
+                "          extract without Prefect, as multiples of sqlite3's import time: "
+                f"csv module read alone {floor['csv_s'] / base['extract_s']:.2f}x, "
+                f"prepare {floor['prepare_s'] / base['extract_s']:.2f}x, "
+                f"commit {floor['commit_s'] / base['extract_s']:.2f}x "
+                f"(ours in the job: {ours['extract_s'] / base['extract_s']:.2f}x)"
+            )
     finally:
         if not args.keep:
             shutil.rmtree(scratch, ignore_errors=True)
