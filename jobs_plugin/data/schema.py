@@ -285,31 +285,42 @@ def _fast_dates(column: Sequence[str]) -> list[Any] | None:
         return None
 
 
+_COLUMN_CASTS: dict[FieldType, FastColumn] = {
+    FieldType.STRING: _fast_strings,
+    FieldType.NUMBER: _fast_numbers,
+    FieldType.BOOLEAN: _fast_booleans,
+    FieldType.DATE: _fast_dates,
+}
+
+
+def _options(f: SheetField) -> frozenset[Any]:
+    return frozenset(o.value for o in (f.config.options if f.config else []))
+
+
 def _fast_converter(f: SheetField) -> FastColumn:
     """The column converter of a field's type (see ``Validator.validate_columns``)."""
-    if f.type is FieldType.STRING:
-        return _fast_strings
-    if f.type is FieldType.NUMBER:
-        return _fast_numbers
-    if f.type is FieldType.BOOLEAN:
-        return _fast_booleans
-    if f.type is FieldType.DATE:
-        return _fast_dates
-    options = frozenset(o.value for o in (f.config.options if f.config else []))
+    known = _COLUMN_CASTS.get(f.type)
+    if known is not None:
+        return known
+    options = _options(f)
     return lambda column: list(column) if options.issuperset(column) else None
+
+
+_CELL_CASTS: dict[FieldType, Callable[[Any], Any]] = {
+    FieldType.NUMBER: to_number,
+    FieldType.BOOLEAN: to_boolean,
+    FieldType.DATE: to_date,
+}
 
 
 def _converter(f: SheetField) -> Callable[[Any], Any] | None:
     """The cast of a field's type (None: a string field, the fast path)."""
     if f.type is FieldType.STRING:
         return None
-    if f.type is FieldType.NUMBER:
-        return to_number
-    if f.type is FieldType.BOOLEAN:
-        return to_boolean
-    if f.type is FieldType.DATE:
-        return to_date
-    options = frozenset(o.value for o in (f.config.options if f.config else []))
+    known = _CELL_CASTS.get(f.type)
+    if known is not None:
+        return known
+    options = _options(f)
     return lambda raw: _cast(FieldType.ENUM, raw, options)
 
 
