@@ -95,7 +95,7 @@ def cluster(server: Server, tmp_path_factory: pytest.TempPathFactory) -> Iterato
         "PREFECT_JOBS_HOME": str(home / "home"),
         "PREFECT_JOBS_DATABASE_URL": f"sqlite:///{home / 'catalog.db'}",
         "PREFECT_JOBS_HEARTBEAT_SECONDS": "0.5",
-        "PREFECT_JOBS_CRASH_AFTER_SECONDS": "4",
+        "PREFECT_JOBS_CRASH_AFTER_SECONDS": "10",
         "PREFECT_JOBS_RECONCILE_SECONDS": "1",
         "PREFECT_JOBS_WORK_POOL": POOL,
     }
