@@ -229,31 +229,27 @@ class _CsvRows:
         block = self._read(n - len(rows)) if len(rows) < n else []
         last = self.reader.line_num
         odd = self.width == 1 or not all(map(any, block)) or set(map(len, block)) != {self.width}
-        if block and odd:
-            # Blank or ragged rows: the line of each row, back from the block's last line.
-            lines = [0] * len(block)
-            for i in range(len(block) - 1, -1, -1):
-                lines[i] = last
-                last -= 1 + _breaks(block[i])
+        if block and odd:  # blank or ragged rows: drop the blank ones, name the lines now
+            lines = _lines(block, last)
             kept = [i for i, row in enumerate(block) if not _blank(row)]
-            rows += [block[i] for i in kept]
             wheres += [f"line {lines[i]}" for i in kept]
-            return Block(rows, wheres.__getitem__)
-        uniform = all(len(r) == self.width for r in rows)
-        if not block:
-            return Block(rows, wheres.__getitem__, uniform and bool(rows))
+            return Block(rows + [block[i] for i in kept], wheres.__getitem__)
         start = len(rows)
-        rows += block
 
         def where(i: int) -> str:
-            if i < start:
-                return wheres[i]
-            line = last
-            for row in reversed(block[i - start + 1 :]):
-                line -= 1 + _breaks(row)
-            return f"line {line}"
+            return wheres[i] if i < start else f"line {_lines(block, last)[i - start]}"
 
-        return Block(rows, where, uniform)
+        uniform = bool(rows or block) and all(len(r) == self.width for r in rows)
+        return Block(rows + block, where, uniform)
+
+
+def _lines(block: Sequence[Sequence[str]], last: int) -> list[int]:
+    """The line each row of ``block`` ends on, the last row having ended on line ``last``."""
+    lines = [0] * len(block)
+    for i in range(len(block) - 1, -1, -1):
+        lines[i] = last
+        last -= 1 + _breaks(block[i])
+    return lines
 
 
 def _csv_table(stream: IO[bytes], ext: str, size: int, options: dict[str, Any]) -> Table:

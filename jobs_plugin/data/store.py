@@ -618,28 +618,13 @@ def matching_seqs(organization_id: str, sheet_id: str, query: RecordQuery, limit
 # --------------------------------------------------------------------------- records: writes
 
 
-def _rows(sheet_id: str, rows: Sequence[Row]) -> list[dict[str, Any]]:
-    return [
-        {"sheet_id": sheet_id, "valid": not messages, "values": values, "messages": messages}
-        for values, messages in rows
-    ]
-
-
 def insert_records(organization_id: str, sheet_id: str, rows: Sequence[Row]) -> list[int]:
     """Insert records one request at a time (the API's insert); their row numbers, in order."""
     get_sheet(organization_id, sheet_id)
     if not rows:
         return []
     with _Write() as session:
-        conn = session.connection()
-        if conn.dialect.name == "sqlite":
-            low, high = _insert_bulk_sqlite(conn, sheet_id, rows)
-            return list(range(low, high + 1))
-        result = conn.execute(
-            record_table.insert().returning(R.seq, sort_by_parameter_order=True),
-            _rows(sheet_id, rows),
-        )
-        return [int(s) for s in result.scalars()]
+        return _insert_bulk(session.connection(), sheet_id, rows)
 
 
 def read_for_update(organization_id: str, sheet_id: str, seqs: Sequence[int]) -> list[sa.Row[Any]]:
@@ -685,10 +670,10 @@ def _encode(value: Any) -> str:
     return orjson.dumps(value, option=orjson.OPT_NON_STR_KEYS).decode()
 
 
-def _insert_bulk(conn: sa.Connection, sheet_id: str, rows: Sequence[Row]) -> tuple[int, int]:
-    """Insert rows in order; the (lowest, highest) row numbers they got."""
+def _insert_bulk(conn: sa.Connection, sheet_id: str, rows: Sequence[Row]) -> list[int]:
+    """Insert rows in order; the row numbers they got, in order."""
     if not rows:
-        raise ValueError("no rows to insert")
+        return []
     if conn.dialect.name == "sqlite":
         return _insert_bulk_sqlite(conn, sheet_id, rows)
     # PostgreSQL: numbers drawn from the table's sequence (so never given twice, and right
@@ -711,10 +696,10 @@ def _insert_bulk(conn: sa.Connection, sheet_id: str, rows: Sequence[Row]) -> tup
             for seq, (values, messages) in zip(seqs, rows, strict=True)
         ],
     )
-    return min(seqs), max(seqs)
+    return seqs
 
 
-def _insert_bulk_sqlite(conn: sa.Connection, sheet_id: str, rows: Sequence[Row]) -> tuple[int, int]:
+def _insert_bulk_sqlite(conn: sa.Connection, sheet_id: str, rows: Sequence[Row]) -> list[int]:
     """SQLite: the whole chunk as ONE JSON array, split by ``json_each`` inside one statement
     (no parameter binding per row), row numbers given explicitly after the highest ever
     given (``data_counter``; the writer holds ``BEGIN IMMEDIATE``: nobody else takes them);
@@ -736,7 +721,7 @@ def _insert_bulk_sqlite(conn: sa.Connection, sheet_id: str, rows: Sequence[Row])
         conn.exec_driver_sql(
             "UPDATE data_record SET valid = 0, messages = ? WHERE seq = ?", invalid
         )
-    return base + 1, base + len(rows)
+    return list(range(base + 1, base + len(rows) + 1))
 
 
 # --------------------------------------------------------------------------- checkpoints
@@ -829,8 +814,8 @@ def commit_chunk(
         conn = session.connection()
         for sheet_id, rows in chunk.inserts:
             if rows:
-                low, high = _insert_bulk(conn, sheet_id, rows)
-                ranges.append([sheet_id, low, high])
+                numbers = _insert_bulk(conn, sheet_id, rows)
+                ranges.append([sheet_id, min(numbers), max(numbers)])
         for sheet_id, seqs in chunk.deletes:
             if seqs:
                 conn.execute(
