@@ -141,24 +141,10 @@ class Validator:
         messages: Messages | None = None
         get = row.get
         for key, convert, required in self._plans:
-            raw = get(key)
-            if raw is None or raw == "":
-                values[key] = None
-                if required:
-                    messages = messages or {}
-                    messages[key] = [{"type": "error", "message": "is required"}]
-                continue
-            if convert is None:  # a string field given a string: nothing to do
-                if type(raw) is str:
-                    values[key] = raw
-                    continue
-                convert = to_string
-            try:
-                values[key] = convert(raw)
-            except CastError as exc:
-                values[key] = raw
+            values[key], problem = _cell(convert, required, get(key))
+            if problem is not None:
                 messages = messages or {}
-                messages[key] = [{"type": "error", "message": str(exc)}]
+                messages[key] = [{"type": "error", "message": problem}]
         if self.allow_additional:
             for key, raw in row.items():
                 if key not in self._keys:
@@ -214,6 +200,21 @@ class Validator:
         return out
 
 
+def _cell(convert: Callable[[Any], Any] | None, required: bool, raw: Any) -> tuple[Any, str | None]:
+    """A cell's value and its error (None: valid): empty is None, required or not; a cast that
+    fails keeps the raw value."""
+    if raw is None or raw == "":
+        return None, "is required" if required else None
+    if convert is None:  # a string field given a string: nothing to do
+        if type(raw) is str:
+            return raw, None
+        convert = to_string
+    try:
+        return convert(raw), None
+    except CastError as exc:
+        return raw, str(exc)
+
+
 def _by_cell(
     key: str,
     convert: Callable[[Any], Any] | None,
@@ -224,22 +225,10 @@ def _by_cell(
     """A column the way ``Validator.validate`` takes a cell; messages go to ``problems``."""
     out: list[Any] = []
     for i, raw in enumerate(column):
-        if raw is None or raw == "":
-            out.append(None)
-            if required:
-                problems.setdefault(i, {})[key] = [{"type": "error", "message": "is required"}]
-            continue
-        cast = convert
-        if cast is None:
-            if type(raw) is str:
-                out.append(raw)
-                continue
-            cast = to_string
-        try:
-            out.append(cast(raw))
-        except CastError as exc:
-            out.append(raw)
-            problems.setdefault(i, {})[key] = [{"type": "error", "message": str(exc)}]
+        value, problem = _cell(convert, required, raw)
+        out.append(value)
+        if problem is not None:
+            problems.setdefault(i, {})[key] = [{"type": "error", "message": problem}]
     return out
 
 
