@@ -82,6 +82,20 @@ def _validation(exc: Exception, prefix: str = "") -> ValidationError:
 # --------------------------------------------------------------------------- files
 
 
+FILE_MODES = ("import", "export")
+_FILE_LIMITS = {"name": 500, "spaceId": 60, "environmentId": 60}
+
+
+def _check_file_fields(**fields: str | None) -> None:
+    """Reject a file's fields before any byte is stored (the table's column limits)."""
+    if fields["mode"] not in FILE_MODES:
+        raise ValidationError("mode", f"must be one of {', '.join(FILE_MODES)}")
+    for key, limit in _FILE_LIMITS.items():
+        value = fields[key]
+        if value is not None and len(value) > limit:
+            raise ValidationError(key, f"must be at most {limit} characters, got {len(value)}")
+
+
 def upload_file(
     source: str | os.PathLike[str] | bytes | IO[bytes],
     *,
@@ -102,6 +116,7 @@ def upload_file(
         stream = source
     if not name:
         raise ValidationError("name", "is required for bytes and streams")
+    _check_file_fields(name=name, mode=mode, spaceId=space_id, environmentId=environment_id)
     file_id = ids.new_id(FILE_PREFIX)
     size = 0
     try:

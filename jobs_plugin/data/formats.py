@@ -86,7 +86,10 @@ def _taker(rows: Iterator[tuple[str, Cells]]) -> Callable[[int], Block]:
 
 
 def extension_of(name: str) -> str:
-    return name.rsplit(".", 1)[-1].lower() if "." in name else ""
+    """The lower-case text after the last dot ("" when none, or longer than 20 characters:
+    not an extension, and more than the catalog keeps)."""
+    ext = name.rsplit(".", 1)[-1].lower() if "." in name else ""
+    return ext if len(ext) <= 20 else ""
 
 
 def mimetype_of(name: str) -> str:

@@ -106,6 +106,32 @@ def test_file_upload_list_get_download_delete(client: httpx.Client) -> None:
     assert missing.status_code == 404 and missing.json()["errors"][0]["message"]
 
 
+@pytest.mark.parametrize(
+    ("form", "name", "field"),
+    [
+        ({"mode": "sideways"}, "a.csv", "mode"),
+        ({"spaceId": "s" * 61}, "a.csv", "spaceId"),
+        ({"environmentId": "e" * 61}, "a.csv", "environmentId"),
+        ({}, "n" * 501 + ".csv", "name"),
+    ],
+)
+def test_file_fields_out_of_bounds_are_refused(
+    client: httpx.Client, form: dict[str, str], name: str, field: str
+) -> None:
+    """Found by the fuzz test: these were stored, then every read of the file failed (500)."""
+    response = client.post("/files", files={"file": (name, b"a\n1\n", "text/csv")}, data=form)
+    assert response.status_code in (400, 422), response.text
+    assert field in response.text
+    assert client.get("/files").json()["data"] == []
+
+
+def test_a_long_suffix_is_no_extension(client: httpx.Client) -> None:
+    response = client.post("/files", files={"file": ("a." + "x" * 30, b"1", "text/plain")})
+    assert response.status_code == 201, response.text
+    assert response.json()["data"]["ext"] == ""
+    assert client.get("/files").status_code == 200
+
+
 def test_workbooks_sheets_and_records(client: httpx.Client) -> None:
     created = client.post("/workbooks", json=CONTACTS)
     assert created.status_code == 201, created.text
