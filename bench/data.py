@@ -63,8 +63,10 @@ def _max_rss_mb(who: int) -> float:
 # --------------------------------------------------------------------------- children
 
 
-def child_ours(csv_path: str, home: str, chunk: int) -> dict[str, Any]:
+def child_ours(csv_path: str, home: str, chunk: int, reader: str = "native") -> dict[str, Any]:
+    """The extract and export jobs; ``reader`` "csv" turns the Arrow reader off."""
     os.environ["PREFECT_JOBS_HOME"] = home
+    os.environ["PREFECT_JOBS_NATIVE_CSV"] = "true" if reader == "native" else "false"
     os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
     from prefect.testing.utilities import prefect_test_harness
@@ -139,10 +141,16 @@ def child_floor(csv_path: str, home: str, chunk: int) -> dict[str, Any]:
             state={"table": 0, "rows": 0, "chunks": 0, "records": 0},
         )
         writer = operations._TableWriter(tables[0], store.get_sheet(org, state["targets"][0]))
+
+        def reread() -> tuple[formats.Table, Any]:
+            again = open(csv_path, "rb")  # noqa: SIM115 - the chunks close it
+            return formats.read_tables(again, "csv", size)[0], again
+
+        chunks = operations._Chunks(writer, lambda: open(csv_path, "rb"), reread)  # noqa: SIM115
         prepare_s = commit_s = 0.0
         while True:
             t0 = time.perf_counter()
-            rows = operations._prepare_chunk(writer, chunk)
+            rows = chunks.take(chunk)
             prepare_s += time.perf_counter() - t0
             if not rows:
                 break
@@ -228,7 +236,7 @@ def main() -> None:
     if args.child:
         kind, *rest = args.child
         if kind == "ours":
-            measured = child_ours(rest[0], rest[1], int(rest[2]))
+            measured = child_ours(rest[0], rest[1], int(rest[2]), *rest[3:])
         elif kind == "floor":
             measured = child_floor(rest[0], rest[1], int(rest[2]))
         elif kind == "cli":
@@ -262,6 +270,9 @@ def main() -> None:
             base = _spawn([baseline, str(path), str(folder)])
             ours = _spawn(["ours", str(path), str(folder / "home"), str(args.chunk)])
             assert ours["records"] == rows, ours
+            csv_home = str(folder / "csv-home")
+            by_csv = _spawn(["ours", str(path), csv_home, str(args.chunk), "csv"])
+            assert by_csv["records"] == rows, by_csv
             floor = _spawn(["floor", str(path), str(folder / "floor-home"), str(args.chunk)])
             ex, bex = rows / ours["extract_s"], rows / base["extract_s"]
             out, bout = rows / ours["export_s"], rows / base["export_s"]
@@ -269,6 +280,12 @@ def main() -> None:
                 f"{rows:>9} {size_mb:>6.1f} | {ex:>11,.0f} {bex:>11,.0f} {ex / bex:>5.2f} | "
                 f"{out:>11,.0f} {bout:>11,.0f} {out / bout:>5.2f} | "
                 f"{ours['rss_mb']:>7.0f} {base['rss_mb']:>10.0f}"
+            )
+            print(
+                f"          csv module reader (PREFECT_JOBS_NATIVE_CSV=false): extract "
+                f"{rows / by_csv['extract_s']:,.0f} r/s ({rows / by_csv['extract_s'] / bex:.2f}), "
+                f"export {rows / by_csv['export_s']:,.0f} r/s "
+                f"({rows / by_csv['export_s'] / bout:.2f}), peak {by_csv['rss_mb']:.0f} MB"
             )
             print(f"          ours: {json.dumps(ours)}")
             print(f"          base: {json.dumps(base)}")

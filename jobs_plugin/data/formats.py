@@ -59,6 +59,16 @@ class Block:
     uniform: bool = False
 
 
+@dataclass(frozen=True)
+class CsvLayout:
+    """How a CSV table was read: its delimiter, its text encoding, whether a header row
+    comes first (a native reader reads the same file the same way)."""
+
+    delimiter: str
+    encoding: str
+    header: bool
+
+
 @dataclass
 class Table:
     """One table of a file. ``columns``: ``(key, label)`` per column (positional rows) or per
@@ -72,6 +82,7 @@ class Table:
     estimated_rows: int | None = None
     keyed: bool = False
     source_keys: list[str] = field(default_factory=list)
+    layout: CsvLayout | None = None
 
 
 def _taker(rows: Iterator[tuple[str, Cells]]) -> Callable[[int], Block]:
@@ -286,6 +297,7 @@ def _csv_table(stream: IO[bytes], ext: str, size: int, options: dict[str, Any]) 
         sample=[cells for _, cells in data],
         take=rows.take,
         estimated_rows=max(len(data), estimate - (1 if has_header else 0)),
+        layout=CsvLayout(delimiter, encoding, has_header),
     )
 
 

@@ -11,6 +11,7 @@ wrote.
 
 from __future__ import annotations
 
+import contextlib
 import gc
 import math
 import threading
@@ -22,7 +23,7 @@ import anyio.to_thread
 
 from jobs_plugin import ids
 from jobs_plugin.context import RunContext
-from jobs_plugin.data import files, formats, schema, store
+from jobs_plugin.data import files, formats, native, schema, store
 from jobs_plugin.data.models import (
     FILE_PREFIX,
     FileStatus,
@@ -31,6 +32,7 @@ from jobs_plugin.data.models import (
     SheetField,
 )
 from jobs_plugin.errors import JobsError, ValidationError
+from jobs_plugin.settings import get_settings
 
 T = TypeVar("T")
 U = TypeVar("U")
@@ -157,6 +159,7 @@ class _TableWriter:
     """Turns a table's rows into validated records of its target sheet."""
 
     def __init__(self, table: formats.Table, sheet: Sheet) -> None:
+        self.sheet = sheet
         config = sheet.sheet_config
         self.validator = schema.Validator(config)
         self.table = table
@@ -258,17 +261,26 @@ async def extract(
                 if index < state["table"]:
                     continue
                 sheet = await _thread(store.get_sheet, org, targets[index])
-                writer = _TableWriter(table, sheet)
-                skip = state["rows"] if index == state["table"] else 0
-                if skip:
-                    await _thread(_consume, table, skip, size)
-                # Chunk k commits (SQLite works without the GIL) while chunk k+1 is read
-                # and validated; commits stay in order, one transaction each.
-                rows = await _thread(_prepare_chunk, writer, size)
-                while rows:
-                    commit = partial(_commit_chunk, org, lineage, position, state, index, rows)
-                    state, rows = await _together(commit, partial(_prepare_chunk, writer, size))
-                    await progress.advance(f"{state['records']} records extracted")
+                reread = partial(_reread, file, options, index)
+                chunks = await _thread(
+                    _Chunks,
+                    _TableWriter(table, sheet),
+                    partial(files.open_read, file.storage_key),
+                    reread,
+                )
+                try:
+                    skip = state["rows"] if index == state["table"] else 0
+                    if skip:
+                        await _thread(chunks.skip, skip, size)
+                    # Chunk k commits (SQLite works without the GIL) while chunk k+1 is read
+                    # and validated; commits stay in order, one transaction each.
+                    rows = await _thread(chunks.take, size)
+                    while rows:
+                        commit = partial(_commit_chunk, org, lineage, position, state, index, rows)
+                        state, rows = await _together(commit, partial(chunks.take, size))
+                        await progress.advance(f"{state['records']} records extracted")
+                finally:
+                    await _thread(chunks.close)
             state = await _thread(
                 store.commit_chunk,
                 org,
@@ -319,9 +331,82 @@ async def _together(first: Callable[[], T], second: Callable[[], U]) -> tuple[T,
     return results[0][1], results[1][1]
 
 
-def _prepare_chunk(writer: _TableWriter, size: int) -> list[store.Row]:
-    """The next ``size`` rows of the table as validated records (empty at the end)."""
-    return writer.validator.check_unique(writer.records(writer.table.take(size)))
+def _reread(file: Any, options: dict[str, Any], index: int) -> tuple[formats.Table, Any]:
+    """Table ``index`` of the file, read again from its start, and the stream it reads."""
+    stream = files.open_read(file.storage_key)
+    try:
+        return formats.read_tables(stream, file.ext, file.size, options)[index], stream
+    except BaseException:
+        stream.close()
+        raise
+
+
+class _Chunks:
+    """A table's records, a chunk at a time. CSV goes through Arrow (``native``) when it is
+    installed and the sheet allows it; from the first row where Arrow would read the file
+    otherwise than the csv module, ``formats`` reads the rest (so the records, messages and
+    errors are the csv module's in every case)."""
+
+    def __init__(
+        self,
+        writer: _TableWriter,
+        open_stream: Callable[[], Any],
+        reread: Callable[[], tuple[formats.Table, Any]],
+    ) -> None:
+        self.writer, self.reread = writer, reread
+        self.streams: list[Any] = []
+        self.native: native.NativeCsv | None = None
+        table, fields = writer.table, writer.validator.fields
+        if get_settings().native_csv and native.usable(table.layout, writer.width, fields):
+            assert table.layout is not None
+            stream = open_stream()
+            self.streams.append(stream)
+            with contextlib.suppress(native.Diverged):  # else: the table as read so far
+                self.native = native.NativeCsv(
+                    stream, table.layout, writer.width, fields, writer.positions
+                )
+
+    def _open(self) -> tuple[formats.Table, Any]:
+        table, stream = self.reread()
+        self.streams.append(stream)
+        return table, stream
+
+    def _to_formats(self, skip: int, size: int) -> None:
+        """Go on with ``formats``' reader after the first ``skip`` data rows."""
+        self.native = None
+        table, _ = self._open()
+        self.writer = _TableWriter(table, self.writer.sheet)
+        _consume(table, skip, size)
+
+    def skip(self, n: int, size: int) -> None:
+        """Pass over the first ``n`` data rows (a resumed step's committed ones)."""
+        if self.native is None:
+            _consume(self.writer.table, n, size)
+            return
+        try:
+            self.native.skip(n)
+        except native.Diverged:
+            self._to_formats(n, size)
+
+    def take(self, size: int) -> store.Rows:
+        """The next ``size`` rows as records (empty at the end)."""
+        writer = self.writer
+        if self.native is not None:
+            try:
+                got = self.native.take(size)
+            except native.Diverged:
+                self._to_formats(self.native.delivered, size)
+                return self.take(size)
+            if isinstance(got, store.Encoded):
+                return got
+            return writer.validator.check_unique(
+                writer.validator.validate_columns(got, writer.positions)
+            )
+        return writer.validator.check_unique(writer.records(writer.table.take(size)))
+
+    def close(self) -> None:
+        for stream in self.streams:
+            stream.close()
 
 
 def _commit_chunk(
@@ -330,7 +415,7 @@ def _commit_chunk(
     position: int,
     state: dict[str, Any],
     index: int,
-    rows: list[store.Row],
+    rows: store.Rows,
 ) -> dict[str, Any]:
     new_state = {
         **state,

@@ -54,6 +54,22 @@ Row = tuple[dict[str, Any], dict[str, Any] | None]
 """A record to write: its values and its cell messages (``None`` when valid)."""
 
 
+@dataclass(frozen=True)
+class Encoded:
+    """Valid records already encoded: ``text`` is the JSON array of their values (UTF-8),
+    ``count`` its length (the native CSV reader builds it with no Python object per record)."""
+
+    count: int
+    text: bytes
+
+    def __len__(self) -> int:
+        return self.count
+
+
+Rows = Sequence[Row] | Encoded
+"""What a chunk inserts into a sheet, in order."""
+
+
 class CheckpointConflict(ConflictError):
     """Another attempt of the same step wrote a chunk in the meantime."""
 
@@ -670,9 +686,9 @@ def _encode(value: Any) -> str:
     return orjson.dumps(value, option=orjson.OPT_NON_STR_KEYS).decode()
 
 
-def _insert_bulk(conn: sa.Connection, sheet_id: str, rows: Sequence[Row]) -> list[int]:
+def _insert_bulk(conn: sa.Connection, sheet_id: str, rows: Rows) -> list[int]:
     """Insert rows in order; the row numbers they got, in order."""
-    if not rows:
+    if not len(rows):
         return []
     if conn.dialect.name == "sqlite":
         return _insert_bulk_sqlite(conn, sheet_id, rows)
@@ -687,6 +703,15 @@ def _insert_bulk(conn: sa.Connection, sheet_id: str, rows: Sequence[Row]) -> lis
             (len(rows),),
         ).scalars()
     ]
+    if isinstance(rows, Encoded):
+        conn.exec_driver_sql(
+            'INSERT INTO data_record (seq, sheet_id, valid, "values") '
+            "SELECT (%s::bigint[])[e.n], %s, true, e.value "
+            "FROM json_array_elements(convert_from(%s, 'UTF8')::json) "
+            "WITH ORDINALITY AS e(value, n)",
+            (seqs, sheet_id, rows.text),
+        )
+        return seqs
     encode = _encode
     conn.exec_driver_sql(
         'INSERT INTO data_record (seq, sheet_id, valid, "values", messages) '
@@ -699,7 +724,7 @@ def _insert_bulk(conn: sa.Connection, sheet_id: str, rows: Sequence[Row]) -> lis
     return seqs
 
 
-def _insert_bulk_sqlite(conn: sa.Connection, sheet_id: str, rows: Sequence[Row]) -> list[int]:
+def _insert_bulk_sqlite(conn: sa.Connection, sheet_id: str, rows: Rows) -> list[int]:
     """SQLite: the whole chunk as ONE JSON array, split by ``json_each`` inside one statement
     (no parameter binding per row), row numbers given explicitly after the highest ever
     given (``data_counter``; the writer holds ``BEGIN IMMEDIATE``: nobody else takes them);
@@ -710,13 +735,17 @@ def _insert_bulk_sqlite(conn: sa.Connection, sheet_id: str, rows: Sequence[Row])
             (len(rows),),
         ).scalar_one()
     ) - len(rows)
-    values = orjson.dumps([v for v, _ in rows], option=orjson.OPT_NON_STR_KEYS).decode()
+    # Bytes bound as a BLOB, read as text by the CAST (SQLite would take a BLOB for JSONB).
+    if isinstance(rows, Encoded):
+        values, invalid = rows.text, []
+    else:
+        values = orjson.dumps([v for v, _ in rows], option=orjson.OPT_NON_STR_KEYS)
+        invalid = [(_encode(m), base + i + 1) for i, (_, m) in enumerate(rows) if m]
     conn.exec_driver_sql(
         'INSERT INTO data_record (seq, sheet_id, valid, "values") '
-        "SELECT ? + key + 1, ?, 1, value FROM json_each(?)",
+        "SELECT ? + key + 1, ?, 1, value FROM json_each(CAST(? AS TEXT))",
         (base, sheet_id, values),
     )
-    invalid = [(_encode(m), base + i + 1) for i, (_, m) in enumerate(rows) if m]
     if invalid:
         conn.exec_driver_sql(
             "UPDATE data_record SET valid = 0, messages = ? WHERE seq = ?", invalid
@@ -793,7 +822,7 @@ def drop_checkpoint(lineage_id: str, position: int) -> None:
 class Chunk:
     """What one chunk of an operation step writes, atomically with its checkpoint."""
 
-    inserts: list[tuple[str, Sequence[Row]]] = field(default_factory=list)
+    inserts: list[tuple[str, Rows]] = field(default_factory=list)
     deletes: list[tuple[str, Sequence[int]]] = field(default_factory=list)
 
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from pathlib import Path
 
+import orjson
 import pytest
 import sqlalchemy as sa
 
@@ -96,3 +97,21 @@ def test_record_numbers_are_never_given_twice(data_url: str) -> None:
     assert low == high and low > first[2] and again[0] > high
     _, rows, _ = store.query_records(ORG, sheet.id, store.RecordQuery(filter="error"))
     assert [r._mapping["seq"] for r in rows] == again
+
+
+def test_encoded_rows_are_stored_as_given(data_url: str) -> None:
+    """A chunk encoded ahead (the native CSV reader's) lands as the same records, valid, in
+    order, with numbers after the highest ever given: on both databases."""
+    config = SheetConfig(name="S", fields=[{"key": "n", "type": "number"}, {"key": "w"}])
+    _, [sheet] = store.create_workbook(ORG, name="W", sheets=[config])
+    before = store.insert_records(ORG, sheet.id, [({"n": 0, "w": "a"}, None)])
+    values = [{"n": i, "w": f'é {i} "q" \\'} for i in range(1, 6)]
+    text = orjson.dumps(values)
+    state = store.commit_chunk(
+        ORG, "lin", 0, None, {}, store.Chunk(inserts=[(sheet.id, store.Encoded(5, text))])
+    )
+    [[_, low, high]] = state["ranges"]
+    assert (low, high) == (before[0] + 1, before[0] + 5)
+    _, rows, _ = store.query_records(ORG, sheet.id, store.RecordQuery())
+    got = [(r._mapping["seq"], r._mapping["values"], r._mapping["valid"]) for r in rows]
+    assert got[1:] == [(low + i, v, True) for i, v in enumerate(values)]
