@@ -85,6 +85,32 @@ class Cluster:
         result: dict[str, Any] = wait_for(f"run {run_id} to end", ended, timeout=timeout)
         return result
 
+    def wait_started(self, what: str, run_id: str, started: Path, timeout: float = 120) -> None:
+        """Wait for a workflow of ``run_id`` to write ``started``; on timeout, fail with what
+        the run, its flow runs in Prefect and the workers were doing."""
+        deadline = time.monotonic() + timeout
+        while not (started.exists() and started.read_text()):
+            if time.monotonic() > deadline:
+                pytest.fail(
+                    f"timed out after {timeout:.0f} s waiting for {what}\n{self.explain(run_id)}"
+                )
+            time.sleep(0.25)
+
+    def explain(self, run_id: str) -> str:
+        run = self.run(run_id)
+        runs = self.prefect(
+            "POST", "/flow_runs/filter", json={"sort": "EXPECTED_START_TIME_DESC", "limit": 5}
+        )
+        lines = [f"run {run_id}: {run['status']} {run.get('info')!r}"]
+        lines += [
+            f"flow run {f['name']}: {f['state']['type']} {f['state']['name']} "
+            f"{f['state'].get('message')!r}"
+            for f in runs
+        ]
+        for worker in self.workers:
+            lines.append(f"--- {worker.name} (exit {worker.exit_code()}):\n{worker.log_tail(30)}")
+        return "\n".join(lines)
+
 
 @pytest.fixture(scope="module")
 def cluster(server: Server, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
@@ -214,7 +240,7 @@ def start_sleeping_process(cluster: Cluster, tmp_path: Path, name: str) -> tuple
         ],
     )
     run_id = execute(cluster, job_id)
-    wait_for("the workflow to start", started.exists, timeout=90)
+    cluster.wait_started("the workflow to start", run_id, started)
     return job_id, run_id, int(started.read_text())
 
 
@@ -344,7 +370,7 @@ def test_a_worker_killed_mid_workflow_fails_the_run_and_retry_resumes(
         ],
     )
     run_id = execute(cluster, job_id)
-    wait_for("the second workflow to start", started.exists, timeout=90)
+    cluster.wait_started("the second workflow to start", run_id, started)
     flow_run_pid = int(started.read_text())  # the job's process, started by one of the workers
     worker = next(w for w in cluster.workers if flow_run_pid in _descendants(w))
     worker.signal_group(signal.SIGKILL)  # the machine is gone: the worker and what it ran
@@ -435,7 +461,7 @@ def test_an_execute_overlapping_a_running_scheduled_job_is_skipped(
         schedules=[{"cron": "0 0 1 1 *", "active": False}],
     )
     first = execute(cluster, job_id)
-    wait_for("the first run to start", started.exists, timeout=90)
+    cluster.wait_started("the first run to start", first, started)
     second = execute(cluster, job_id)
     skipped = cluster.wait_run(second, timeout=60)
     assert skipped["status"] == "CANCELED", skipped

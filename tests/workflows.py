@@ -13,6 +13,15 @@ from prefect import flow
 
 from jobs_plugin import get_run_context, workflow
 
+
+def mark(path: str, text: str) -> None:
+    """Write ``text`` to ``path`` at once (a rename), so a test polling for the file never
+    reads it half-written."""
+    partial = Path(f"{path}.partial")
+    partial.write_text(text)
+    os.replace(partial, path)
+
+
 # Mutated by `mutate_process_state`; read by `report_process_state`.
 MARKER: dict[str, str] = {}
 
@@ -71,7 +80,7 @@ async def sleep(
 ) -> None:
     """Sleep `seconds`, or until the file at `release_path` exists."""
     if started_path:
-        Path(started_path).write_text("started")
+        mark(started_path, "started")
     deadline = time.monotonic() + seconds
     while time.monotonic() < deadline:
         if release_path and Path(release_path).exists():
@@ -83,7 +92,7 @@ async def sleep(
 @flow(name="sync-sleep")
 def sync_sleep(seconds: float, started_path: str | None = None) -> None:
     if started_path:
-        Path(started_path).write_text(str(os.getpid()))
+        mark(started_path, str(os.getpid()))
     time.sleep(seconds)
 
 
