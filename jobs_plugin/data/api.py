@@ -8,7 +8,6 @@ Every function takes an optional ``organization`` (a name; default: the settings
 from __future__ import annotations
 
 import contextlib
-import csv
 import io
 import os
 from collections.abc import Iterator, Sequence
@@ -40,6 +39,7 @@ from jobs_plugin.data.models import (
 )
 from jobs_plugin.errors import ValidationError
 from jobs_plugin.models import Page, check_page
+from jobs_plugin.settings import get_settings
 
 MAX_PAGE_SIZE = 10_000
 
@@ -474,21 +474,22 @@ def iter_sheet_csv(
         sort_direction=sort_direction,
     )
     query.check()
-    keys = [f.key for f in sheet.sheet_config.fields]
 
     def generate() -> Iterator[bytes]:
-        buffer = io.StringIO()
-        writer = csv.writer(buffer)
-        writer.writerow(keys)
-        batches = store.stream_values(org, sheet_id, query, batch=5000)
+        buffer = io.BytesIO()
+        writer = formats.Writer(buffer, [], "csv", [sheet.name], native=get_settings().native_csv)
+        writer.start_sheet(sheet.name, sheet.sheet_config.fields)
+        batches = store.stream_json(org, sheet_id, query, batch=5000)
         with contextlib.closing(batches):
-            for batch in batches:
-                writer.writerows([formats.csv_cell(v.get(k)) for k in keys] for v in batch)
-                yield buffer.getvalue().encode("utf-8")
+            for count, lines in batches:
+                writer.write_lines(lines, count)
+                writer.flush()
+                yield buffer.getvalue()
                 buffer.seek(0)
                 buffer.truncate()
+        writer.close()
         rest = buffer.getvalue()
         if rest:
-            yield rest.encode("utf-8")
+            yield rest
 
     return generate()

@@ -24,6 +24,10 @@ from datetime import date, datetime, time
 from operator import itemgetter
 from typing import IO, Any, cast
 
+import orjson
+
+from jobs_plugin.data import native_export
+from jobs_plugin.data.models import SheetField
 from jobs_plugin.data.schema import CastError, keys_for, to_number
 
 SAMPLE_BYTES = 1 << 16
@@ -514,11 +518,29 @@ def csv_rows(records: Sequence[dict[str, Any]], keys: Sequence[str]) -> Iterable
     return zip(*columns, strict=True) if rendered else rows
 
 
-class Writer:
-    """Writes batches of value dicts into a binary stream in one format."""
+def decode_lines(block: bytes) -> list[dict[str, Any]]:
+    """Records' ``values`` from JSON Lines (as ``store.stream_json`` reads them)."""
+    return list(map(orjson.loads, block.split(b"\n"))) if block else []
 
-    def __init__(self, out: IO[bytes], keys: list[str], fmt: str, sheet_names: list[str]) -> None:
+
+class Writer:
+    """Writes batches of value dicts into a binary stream in one format.
+
+    With ``native``, ``write_lines`` renders CSV/TSV blocks with Arrow
+    (``native_export.csv_block``: the same bytes, several times faster) when it can."""
+
+    def __init__(
+        self,
+        out: IO[bytes],
+        keys: list[str],
+        fmt: str,
+        sheet_names: list[str],
+        *,
+        native: bool = False,
+    ) -> None:
         self.out, self.keys, self.fmt = out, keys, fmt
+        self.native = native and fmt in ("csv", "tsv")
+        self._fields: Sequence[SheetField] | None = None
         self._text: io.TextIOWrapper | None = None
         self._book: Any = None
         self._ws: Any = None
@@ -535,8 +557,9 @@ class Writer:
         else:
             raise ValueError(f"unknown export format {fmt!r}")
 
-    def start_sheet(self, name: str, keys: list[str]) -> None:
-        self.keys = keys
+    def start_sheet(self, name: str, fields: Sequence[SheetField]) -> None:
+        self.keys = keys = [f.key for f in fields]
+        self._fields = fields if self.native and native_export.usable(fields) else None
         if self.fmt == "xlsx":
             self._ws = self._book.create_sheet(title=name[:31] or "Sheet")
             self._ws.append(keys)
@@ -556,6 +579,22 @@ class Writer:
         else:
             for r in rows:
                 self._ws.append([_xlsx_out(r.get(k)) for k in keys])
+
+    def write_lines(self, block: bytes, count: int) -> None:
+        """``count`` records' ``values`` as JSON Lines."""
+        if self._fields is not None and count:
+            assert self._text is not None
+            delimiter = self._csv.dialect.delimiter
+            rendered = native_export.csv_block(block, count, self._fields, delimiter)
+            if rendered is not None:
+                self._text.flush()
+                self.out.write(rendered)
+                return
+        self.write(decode_lines(block))
+
+    def flush(self) -> None:
+        if self._text is not None:
+            self._text.flush()
 
     def close(self) -> None:
         if self._text is not None:

@@ -15,13 +15,14 @@ delivered so far (``delivered``), which reads the rest as before and names the b
 from __future__ import annotations
 
 import csv
-import importlib.util
 import re
 from collections.abc import Callable, Sequence
 from typing import IO, Any
 
 import orjson
 
+from jobs_plugin.data import arrow
+from jobs_plugin.data.arrow import available
 from jobs_plugin.data.formats import CsvLayout
 from jobs_plugin.data.models import FieldType, SheetField
 from jobs_plugin.data.schema import _BOOLEANS, _TRUE
@@ -42,19 +43,10 @@ Rendered = tuple[Any, bool]
 """A column's JSON text per cell (an Arrow string array) and whether it still needs quotes."""
 
 
-def available() -> bool:
-    return importlib.util.find_spec("pyarrow") is not None
-
-
 def _load() -> None:
-    """Import Arrow on first use (not at start-up: it costs time and memory)."""
     global pa, pc, pcsv
     if pa is None:
-        import pyarrow  # type: ignore[import-untyped]
-        import pyarrow.compute  # type: ignore[import-untyped]
-        import pyarrow.csv  # type: ignore[import-untyped]
-
-        pa, pc, pcsv = pyarrow, pyarrow.compute, pyarrow.csv
+        pa, pc, pcsv, _ = arrow.modules()
 
 
 def usable(layout: CsvLayout | None, width: int, fields: Sequence[SheetField]) -> bool:

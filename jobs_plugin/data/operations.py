@@ -827,11 +827,12 @@ async def export(
             file_id = ids.new_id(FILE_PREFIX)
             name = _export_name(org, group, fmt, job_type, source)
             with files.open_write(file_id) as out:
-                writer = formats.Writer(out, [], fmt, [s.name for s in group])
+                writer = formats.Writer(
+                    out, [], fmt, [s.name for s in group], native=get_settings().native_csv
+                )
                 for sheet in group:
-                    keys = [f.key for f in sheet.sheet_config.fields]
-                    writer.start_sheet(sheet.name, keys)
-                    batches = store.stream_values(org, sheet.id, query, batch=size)
+                    writer.start_sheet(sheet.name, sheet.sheet_config.fields)
+                    batches = store.stream_json(org, sheet.id, query, batch=size)
                     try:
                         while True:
                             n = await _thread(_export_batch, batches, writer)
@@ -874,12 +875,13 @@ async def export(
     return outcome
 
 
-def _export_batch(batches: Iterator[list[dict[str, Any]]], writer: formats.Writer) -> int | None:
+def _export_batch(batches: Iterator[tuple[int, bytes]], writer: formats.Writer) -> int | None:
     batch = next(batches, None)
     if batch is None:
         return None
-    writer.write(batch)
-    return len(batch)
+    count, lines = batch
+    writer.write_lines(lines, count)
+    return count
 
 
 def _export_name(org: str, group: list[Sheet], fmt: str, job_type: str | None, source: str) -> str:

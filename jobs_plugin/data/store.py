@@ -14,7 +14,7 @@ crash leaves whole chunks only and a retry never writes a chunk twice.
 from __future__ import annotations
 
 import threading
-from collections.abc import Generator, Sequence
+from collections.abc import Generator, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -580,28 +580,35 @@ def record_counts(organization_id: str, sheet_id: str) -> RecordCounts:
     return RecordCounts(total=int(total), valid=int(total) - int(errors), error=int(errors))
 
 
-def stream_values(
+def stream_json(
     organization_id: str,
     sheet_id: str,
     query: RecordQuery,
     *,
     batch: int = 10_000,
-) -> Generator[list[dict[str, Any]], None, None]:
-    """The ``values`` of every matching record, in batches, from one consistent read: what an
-    export needs, read as JSON text and decoded with orjson (no SQLAlchemy row per record)."""
+) -> Generator[tuple[int, bytes], None, None]:
+    """The ``values`` of every matching record from one consistent read, in blocks of up to
+    ``batch`` records: (how many, their JSON documents one a line, UTF-8). What an export
+    needs, with no Python object per record but its ``bytes`` (on SQLite, straight from the
+    driver's cursor)."""
     sheet = get_sheet(organization_id, sheet_id)
     where = _conditions(sheet_id, query)
-    loads = orjson.loads
-    with get_store().reader.connect() as conn:
-        conn = conn.execution_options(stream_results=True, yield_per=batch)
-        with conn.begin():
-            result = conn.execute(
-                sa.select(sa.cast(R["values"], sa.Text))
-                .where(*where)
-                .order_by(*_sortable(query, sheet))
-            )
-            for part in result.scalars().partitions(batch):
-                yield list(map(loads, part))
+    with get_store().reader.connect() as conn, conn.begin():
+        text = sa.cast(R["values"], sa.Text)
+        document: sa.ColumnElement[bytes]
+        if conn.dialect.name == "postgresql":  # a server-side cursor, read a block at a time
+            document = sa.func.convert_to(text, "UTF8", type_=sa.LargeBinary)
+            conn = conn.execution_options(stream_results=True, yield_per=batch)
+        else:
+            document = sa.cast(text, sa.LargeBinary)
+        result = conn.execute(sa.select(document).where(*where).order_by(*_sortable(query, sheet)))
+        if conn.dialect.name == "postgresql":
+            blocks: Iterator[Sequence[Any]] = result.scalars().partitions(batch)
+        else:  # SQLite's cursor reads as it is asked: its rows, with nothing in between
+            cursor = result.cursor
+            blocks = ([r[0] for r in rows] for rows in iter(lambda: cursor.fetchmany(batch), []))
+        for documents in blocks:
+            yield len(documents), b"\n".join(documents)
 
 
 def records_after(

@@ -115,3 +115,19 @@ def test_encoded_rows_are_stored_as_given(data_url: str) -> None:
     _, rows, _ = store.query_records(ORG, sheet.id, store.RecordQuery())
     got = [(r._mapping["seq"], r._mapping["values"], r._mapping["valid"]) for r in rows]
     assert got[1:] == [(low + i, v, True) for i, v in enumerate(values)]
+
+
+def test_stream_json_reads_documents_in_blocks(data_url: str) -> None:
+    """An export's read: the matching records' values as JSON Lines, in blocks of the size
+    asked, in the query's order, text with quotes, backslashes, line breaks and accents intact."""
+    config = SheetConfig(name="S", fields=[{"key": "n", "type": "number"}, {"key": "w"}])
+    _, [sheet] = store.create_workbook(ORG, name="W", sheets=[config])
+    values = [{"n": i, "w": f'é {i} "q" \\ \n'} for i in range(7)]
+    store.insert_records(ORG, sheet.id, [(v, None if v["n"] != 3 else {"n": []}) for v in values])
+    blocks = list(store.stream_json(ORG, sheet.id, store.RecordQuery(), batch=3))
+    assert [count for count, _ in blocks] == [3, 3, 1]
+    assert [orjson.loads(line) for _, b in blocks for line in b.split(b"\n")] == values
+    query = store.RecordQuery(filter="valid", sort_field="n", sort_direction="desc")
+    [(count, block)] = store.stream_json(ORG, sheet.id, query, batch=10)
+    assert count == 6 and [orjson.loads(x)["n"] for x in block.split(b"\n")] == [6, 5, 4, 2, 1, 0]
+    assert list(store.stream_json(ORG, sheet.id, store.RecordQuery(filter="none"))) == []
