@@ -15,7 +15,8 @@ import contextlib
 import gc
 import math
 import threading
-from collections.abc import Awaitable, Callable, Iterator, Sequence
+import time
+from collections.abc import Awaitable, Callable, Sequence
 from functools import partial, wraps
 from typing import Any, ParamSpec, TypeVar, cast
 
@@ -94,23 +95,36 @@ def chunk_rows(config: dict[str, Any] | None) -> int:
 
 class Progress:
     """Parts of a step: declared up front from an estimate, raised when the estimate falls
-    short, set exactly at the end."""
+    short, set exactly at the end. Finished parts reach the catalog at most every
+    ``progress_event_seconds`` (the ``job:updated`` cadence) and at the end, not a write
+    per chunk: a fast operation finishes tens of chunks a second. A step that fails or is
+    canceled may leave the last of them unreported (never more than were committed)."""
 
     def __init__(self, ctx: RunContext, estimate: int, done: int = 0) -> None:
         self.ctx, self.done = ctx, done
         self.parts = max(1, estimate, done + 1)
+        self._unreported, self._info, self._reported_at = 0, "", -math.inf
         ctx.set_parts(self.parts)
         if done:
             ctx.advance(done, info=f"resumed after {done} committed chunks")
 
     async def advance(self, info: str) -> None:
         self.done += 1
+        self._unreported += 1
+        self._info = info
         if self.done > self.parts:
             self.parts = self.done + 1
             await _thread(self.ctx.set_parts, self.parts)
-        await _thread(self.ctx.advance, 1, info=info)
+        if time.monotonic() - self._reported_at >= get_settings().progress_event_seconds:
+            await self._report()
+
+    async def _report(self) -> None:
+        if self._unreported:
+            await _thread(self.ctx.advance, self._unreported, info=self._info)
+            self._unreported, self._reported_at = 0, time.monotonic()
 
     async def finish(self) -> None:
+        await self._report()
         final = max(1, self.done)
         if final != self.parts:
             await _thread(self.ctx.set_parts, final)
@@ -818,8 +832,8 @@ async def export(
     saved = await _thread(store.get_checkpoint, lineage, position)
     state: dict[str, Any] = saved or {}
     if not state.get("done"):
-        counts = [await _thread(store.count_records, org, s.id, query) for s in sheets]
-        progress = Progress(ctx, sum(math.ceil(c / size) for c in counts))
+        counting = partial(_count_chunks, org, sheets, query, size)
+        progress: Progress | None = None
         groups = [sheets] if fmt == "xlsx" else [[s] for s in sheets]
         new_files: list[dict[str, Any]] = []
         total = 0
@@ -833,12 +847,19 @@ async def export(
                 for sheet in group:
                     writer.start_sheet(sheet.name, sheet.sheet_config.fields)
                     batches = store.stream_json(org, sheet.id, query, batch=size)
-                    try:
-                        while True:
-                            n = await _thread(_export_batch, batches, writer)
-                            if n is None:
-                                break
-                            total += n
+                    try:  # write a block while the next one is read
+                        if progress is None:  # count the chunks while the first is read
+                            chunks, batch = await _together(counting, partial(next, batches, None))
+                            progress = Progress(ctx, chunks)
+                        else:
+                            batch = await _thread(next, batches, None)
+                        while batch is not None:
+                            count, lines = batch
+                            _, batch = await _together(
+                                partial(writer.write_lines, lines, count),
+                                partial(next, batches, None),
+                            )
+                            total += count
                             await progress.advance(f"{total} records exported")
                     finally:
                         await _thread(batches.close)
@@ -861,7 +882,7 @@ async def export(
         done = {"done": True, "fileIds": [f["id"] for f in new_files], "records": total}
         await _thread(store.finish_with_files, org, lineage, position, saved, done, new_files)
         state = done
-        await progress.finish()
+        await (progress or Progress(ctx, 0)).finish()
     file_ids: list[str] = list(state["fileIds"])
     outcome = {
         "heading": "Export complete",
@@ -875,13 +896,8 @@ async def export(
     return outcome
 
 
-def _export_batch(batches: Iterator[tuple[int, bytes]], writer: formats.Writer) -> int | None:
-    batch = next(batches, None)
-    if batch is None:
-        return None
-    count, lines = batch
-    writer.write_lines(lines, count)
-    return count
+def _count_chunks(org: str, sheets: list[Sheet], query: store.RecordQuery, size: int) -> int:
+    return sum(math.ceil(store.count_records(org, s.id, query) / size) for s in sheets)
 
 
 def _export_name(org: str, group: list[Sheet], fmt: str, job_type: str | None, source: str) -> str:

@@ -157,3 +157,18 @@ def test_a_sheet_of_one_field_is_left_to_the_python_writer() -> None:
     assert not native_export.usable(FIELDS[:1])
     records: list[dict[str, Any]] = [{"s": ""}, {"s": "x"}]
     assert _native(_lines(records), 2, FIELDS[:1], "csv") == b's\r\n""\r\nx\r\n'
+
+
+def test_a_block_parsed_in_pieces_is_written_as_the_python_writer_does() -> None:
+    """A block larger than Arrow's parse piece: numbers that are integers in the first
+    pieces and floats in a later one, and a record longer than a piece."""
+    rnd = random.Random(99)
+    records = [_record(rnd, plain=True) for _ in range(12_000)]
+    for i, r in enumerate(records):
+        r["n"] = i if i < 11_000 else i + 0.25
+    records[5_000]["s"] = "long, " * 120_000
+    block = _lines(records)
+    assert len(block) > 2 * native_export._PARSE_BLOCK
+    expected = _python(records, list(FIELDS), "csv")
+    assert _native(block, len(records), list(FIELDS), "csv") == expected
+    assert native_export.csv_block(block, len(records), list(FIELDS), ",") is not None

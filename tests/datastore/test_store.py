@@ -131,3 +131,33 @@ def test_stream_json_reads_documents_in_blocks(data_url: str) -> None:
     [(count, block)] = store.stream_json(ORG, sheet.id, query, batch=10)
     assert count == 6 and [orjson.loads(x)["n"] for x in block.split(b"\n")] == [6, 5, 4, 2, 1, 0]
     assert list(store.stream_json(ORG, sheet.id, store.RecordQuery(filter="none"))) == []
+
+
+def test_stream_json_keeps_row_order_across_blocks(data_url: str) -> None:
+    """Blocks of an unsorted read follow the rows, both ways, past deleted rows, with a last
+    block that is full or short; and the read is one snapshot: records added while it runs
+    are not in it."""
+    config = SheetConfig(name="S", fields=[{"key": "n", "type": "number"}])
+    _, [sheet] = store.create_workbook(ORG, name="W", sheets=[config])
+    store.insert_records(ORG, sheet.id, [({"n": i}, None) for i in range(2_400)])
+    gone = [
+        seq
+        for i, seq in enumerate(store.matching_seqs(ORG, sheet.id, store.RecordQuery(), 3_000))
+        if i % 7 == 3
+    ]
+    store.delete_records(ORG, sheet.id, gone)
+    kept = [i for i in range(2_400) if i % 7 != 3]
+
+    def read(query: store.RecordQuery, batch: int) -> tuple[list[int], list[int]]:
+        blocks = list(store.stream_json(ORG, sheet.id, query, batch=batch))
+        numbers = [orjson.loads(line)["n"] for _, b in blocks for line in b.split(b"\n")]
+        return [count for count, _ in blocks], numbers
+
+    counts, numbers = read(store.RecordQuery(), 500)
+    assert numbers == kept and counts == [500] * 4 + [len(kept) - 2_000]
+    counts, numbers = read(store.RecordQuery(sort_direction="desc"), len(kept))
+    assert numbers == kept[::-1] and counts == [len(kept)]
+    blocks = store.stream_json(ORG, sheet.id, store.RecordQuery(), batch=1_000)
+    first, _ = next(blocks)
+    store.insert_records(ORG, sheet.id, [({"n": -1}, None)])
+    assert first + sum(count for count, _ in blocks) == len(kept)
