@@ -39,8 +39,9 @@ class Settings(BaseSettings):
     native_csv: bool = Field(
         default=True,
         description=(
-            "Extract CSV/TSV files with Apache Arrow (the `arrow` extra) when it is installed: "
-            "the same records, several times faster. `false`: always Python's csv module."
+            "Read and write CSV/TSV files with Apache Arrow (the `arrow` extra) when it is "
+            "installed: the same records and bytes, several times faster. `false`: always "
+            "Python's csv module."
         ),
     )
     files_url: str | None = Field(
