@@ -155,8 +155,10 @@ def test_stream_json_keeps_row_order_across_blocks(data_url: str) -> None:
 
     counts, numbers = read(store.RecordQuery(), 500)
     assert numbers == kept and counts == [500] * 4 + [len(kept) - 2_000]
-    counts, numbers = read(store.RecordQuery(sort_direction="desc"), len(kept))
-    assert numbers == kept[::-1] and counts == [len(kept)]
+    counts, numbers = read(store.RecordQuery(sort_direction="desc"), 700)
+    assert numbers == kept[::-1] and counts == [700, 700, len(kept) - 1_400]
+    counts, numbers = read(store.RecordQuery(filter="valid"), len(kept))
+    assert numbers == kept and counts == [len(kept)]
     blocks = store.stream_json(ORG, sheet.id, store.RecordQuery(), batch=1_000)
     first, _ = next(blocks)
     store.insert_records(ORG, sheet.id, [({"n": -1}, None)])
