@@ -16,7 +16,7 @@ import gc
 import math
 import threading
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Sequence
 from functools import partial, wraps
 from typing import Any, ParamSpec, TypeVar, cast
 
@@ -847,20 +847,13 @@ async def export(
                 for sheet in group:
                     writer.start_sheet(sheet.name, sheet.sheet_config.fields)
                     batches = store.stream_json(org, sheet.id, query, batch=size)
-                    try:  # write a block while the next one is read
+                    try:
                         if progress is None:  # count the chunks while the first is read
-                            chunks, batch = await _together(counting, partial(next, batches, None))
+                            chunks, first = await _together(counting, partial(next, batches, None))
                             progress = Progress(ctx, chunks)
                         else:
-                            batch = await _thread(next, batches, None)
-                        while batch is not None:
-                            count, lines = batch
-                            _, batch = await _together(
-                                partial(writer.write_lines, lines, count),
-                                partial(next, batches, None),
-                            )
-                            total += count
-                            await progress.advance(f"{total} records exported")
+                            first = await _thread(next, batches, None)
+                        total = await _write_blocks(writer, batches, first, progress, total)
                     finally:
                         await _thread(batches.close)
                 await _thread(writer.close)
@@ -894,6 +887,24 @@ async def export(
     }
     await _thread(ctx.set_outcome, outcome)
     return outcome
+
+
+async def _write_blocks(
+    writer: formats.Writer,
+    batches: Iterator[tuple[int, bytes]],
+    batch: tuple[int, bytes] | None,
+    progress: Progress,
+    total: int,
+) -> int:
+    """Write a sheet's blocks, each while the next one is read; the records exported so far."""
+    while batch is not None:
+        count, lines = batch
+        _, batch = await _together(
+            partial(writer.write_lines, lines, count), partial(next, batches, None)
+        )
+        total += count
+        await progress.advance(f"{total} records exported")
+    return total
 
 
 def _count_chunks(org: str, sheets: list[Sheet], query: store.RecordQuery, size: int) -> int:

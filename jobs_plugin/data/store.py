@@ -596,27 +596,28 @@ def stream_json(
     where = _conditions(sheet_id, query)
     with get_store().reader.connect() as conn, conn.begin():
         text = sa.cast(R["values"], sa.Text)
-        if conn.dialect.name == "sqlite" and not query.sort_field:
-            yield from _sqlite_blocks(conn, where, text, query.sort_direction == "desc", batch)
-            return
-        document: sa.ColumnElement[bytes]
+        order = _sortable(query, sheet)
+        blocks: Iterator[Sequence[bytes]]
         if conn.dialect.name == "postgresql":  # a server-side cursor, read a block at a time
             document = sa.func.convert_to(text, "UTF8", type_=sa.LargeBinary)
-            conn = conn.execution_options(stream_results=True, yield_per=batch)
-        else:
-            document = sa.cast(text, sa.LargeBinary)
-        result = conn.execute(sa.select(document).where(*where).order_by(*_sortable(query, sheet)))
-        if conn.dialect.name == "postgresql":
-            blocks: Iterator[Sequence[Any]] = result.scalars().partitions(batch)
-        else:  # SQLite's cursor reads as it is asked: its rows, with nothing in between
+            streamed = conn.execution_options(stream_results=True, yield_per=batch)
+            result = streamed.execute(sa.select(document).where(*where).order_by(*order))
+            blocks = result.scalars().partitions(batch)
+        elif query.sort_field:  # SQLite's cursor reads as it is asked, with nothing in between
+            result = conn.execute(
+                sa.select(sa.cast(text, sa.LargeBinary)).where(*where).order_by(*order)
+            )
             cursor = result.cursor
             blocks = ([r[0] for r in rows] for rows in iter(lambda: cursor.fetchmany(batch), []))
+        else:
+            yield from _sqlite_blocks(conn, where, query.sort_direction == "desc", batch)
+            return
         for documents in blocks:
             yield len(documents), b"\n".join(documents)
 
 
 def _sqlite_blocks(
-    conn: sa.Connection, where: list[Any], text: Any, desc: bool, batch: int
+    conn: sa.Connection, where: list[Any], desc: bool, batch: int
 ) -> Iterator[tuple[int, bytes]]:
     """Blocks in row order, a statement each (keyset paging on ``seq`` inside the caller's
     read transaction, so one snapshot). The documents of a block are joined in the order
@@ -627,7 +628,7 @@ def _sqlite_blocks(
     while True:
         step = [R.seq < after if desc else R.seq > after] if after is not None else []
         block = (
-            sa.select(R.seq, text.label("document"))
+            sa.select(R.seq, sa.cast(R["values"], sa.Text).label("document"))
             .where(*where, *step)
             .order_by(R.seq.desc() if desc else R.seq)
             .limit(batch)
