@@ -878,7 +878,7 @@ def commit_chunk(
     chunk: Chunk,
 ) -> dict[str, Any]:
     """Write ``chunk`` and move the step's checkpoint from ``expected`` to ``state`` in ONE
-    transaction. The row-number ranges inserted are appended to ``state["ranges"]`` (so a step
+    transaction. The row-number ranges inserted are added to ``state["ranges"]`` (so a step
     that fails on bad data can take back exactly what it wrote). Returns the new state."""
     state = dict(state)
     ranges = list(state.get("ranges", []))
@@ -887,7 +887,7 @@ def commit_chunk(
         for sheet_id, rows in chunk.inserts:
             if rows:
                 numbers = _insert_bulk(conn, sheet_id, rows)
-                ranges.append([sheet_id, min(numbers), max(numbers)])
+                _add_range(ranges, sheet_id, min(numbers), max(numbers))
         for sheet_id, seqs in chunk.deletes:
             if seqs:
                 conn.execute(
@@ -896,6 +896,16 @@ def commit_chunk(
         state["ranges"] = ranges
         _put_checkpoint(conn, organization_id, lineage_id, position, expected, state)
     return state
+
+
+def _add_range(ranges: list[list[Any]], sheet_id: str, low: int, high: int) -> None:
+    """Append a written range, or extend the last one when this one follows it: a step's
+    chunks are contiguous unless another writer came between, so its checkpoint holds a
+    range or a few per sheet, not one per chunk (rewritten at every chunk)."""
+    if ranges and ranges[-1][0] == sheet_id and ranges[-1][2] + 1 == low:
+        ranges[-1] = [sheet_id, ranges[-1][1], high]
+    else:
+        ranges.append([sheet_id, low, high])
 
 
 def undo_step(organization_id: str, lineage_id: str, position: int, drop_workbook: bool) -> None:

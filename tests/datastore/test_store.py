@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import orjson
 import pytest
@@ -97,6 +98,27 @@ def test_record_numbers_are_never_given_twice(data_url: str) -> None:
     assert low == high and low > first[2] and again[0] > high
     _, rows, _ = store.query_records(ORG, sheet.id, store.RecordQuery(filter="error"))
     assert [r._mapping["seq"] for r in rows] == again
+
+
+def test_a_steps_contiguous_chunks_keep_one_range(data_url: str) -> None:
+    """Chunks that follow each other extend the checkpoint's range; a row written by someone
+    else in between starts a new one, and the undo takes back the step's rows only."""
+    config = SheetConfig(name="S", fields=[{"key": "n", "type": "number"}])
+    _, [sheet] = store.create_workbook(ORG, name="W", sheets=[config])
+    state: dict[str, Any] | None = None
+    for k in range(3):
+        chunk = store.Chunk(inserts=[(sheet.id, [({"n": 2 * k}, None), ({"n": 2 * k + 1}, None)])])
+        state = store.commit_chunk(ORG, "lin", 0, state, {"k": k, **(state or {})}, chunk)
+    assert state is not None
+    [[_, low, high]] = state["ranges"]
+    assert high - low == 5
+    other = store.insert_records(ORG, sheet.id, [({"n": 100}, None)])
+    chunk = store.Chunk(inserts=[(sheet.id, [({"n": 6}, None)])])
+    state = store.commit_chunk(ORG, "lin", 0, state, {**state, "k": 3}, chunk)
+    assert [r[1:] for r in state["ranges"]] == [[low, high], [other[0] + 1, other[0] + 1]]
+    store.undo_step(ORG, "lin", 0, drop_workbook=False)
+    _, rows, _ = store.query_records(ORG, sheet.id, store.RecordQuery())
+    assert [r._mapping["values"] for r in rows] == [{"n": 100}]
 
 
 def test_encoded_rows_are_stored_as_given(data_url: str) -> None:
