@@ -527,7 +527,9 @@ class Writer:
     """Writes batches of value dicts into a binary stream in one format.
 
     With ``native``, ``write_lines`` renders CSV/TSV blocks with Arrow
-    (``native_export.csv_block``: the same bytes, several times faster) when it can."""
+    (``native_export.csv_block``: the same bytes, several times faster) when it can; an
+    export renders blocks on threads of their own (``render_lines``) and writes them in order
+    (``put_lines``)."""
 
     def __init__(
         self,
@@ -582,15 +584,24 @@ class Writer:
 
     def write_lines(self, block: bytes, count: int) -> None:
         """``count`` records' ``values`` as JSON Lines."""
-        if self._fields is not None and count:
-            assert self._text is not None
-            delimiter = self._csv.dialect.delimiter
-            rendered = native_export.csv_block(block, count, self._fields, delimiter)
-            if rendered is not None:
-                self._text.flush()
-                self.out.write(rendered)
-                return
-        self.write(decode_lines(block))
+        self.put_lines(block, self.render_lines(block, count))
+
+    def render_lines(self, block: bytes, count: int) -> bytes | None:
+        """Arrow's rendering of a block for ``put_lines``, or ``None`` (the block goes the
+        Python way). Safe on another thread while the writer writes: it reads only the
+        current sheet's fields."""
+        if self._fields is None or not count:
+            return None
+        return native_export.csv_block(block, count, self._fields, self._csv.dialect.delimiter)
+
+    def put_lines(self, block: bytes, rendered: bytes | None) -> None:
+        """Write a block: its ``render_lines`` bytes, or (``None``) its records."""
+        if rendered is None:
+            self.write(decode_lines(block))
+            return
+        assert self._text is not None
+        self._text.flush()
+        self.out.write(rendered)
 
     def flush(self) -> None:
         if self._text is not None:

@@ -11,11 +11,13 @@ wrote.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import gc
 import math
 import threading
 import time
+from collections import deque
 from collections.abc import Awaitable, Callable, Iterator, Sequence
 from functools import partial, wraps
 from typing import Any, ParamSpec, TypeVar, cast
@@ -889,6 +891,12 @@ async def export(
     return outcome
 
 
+RENDERS_AT_ONCE = 2
+"""Blocks an export renders at once, each on a worker thread, while the next is read: the
+rendering is its largest cost (a million rows: 1.6 s one block at a time, 1.4 s two at once,
+on two cores)."""
+
+
 async def _write_blocks(
     writer: formats.Writer,
     batches: Iterator[tuple[int, bytes]],
@@ -896,14 +904,28 @@ async def _write_blocks(
     progress: Progress,
     total: int,
 ) -> int:
-    """Write a sheet's blocks, each while the next one is read; the records exported so far."""
-    while batch is not None:
-        count, lines = batch
-        _, batch = await _together(
-            partial(writer.write_lines, lines, count), partial(next, batches, None)
-        )
-        total += count
-        await progress.advance(f"{total} records exported")
+    """Write a sheet's blocks in order, rendering up to ``RENDERS_AT_ONCE`` of them at once
+    while the next one is read; the records exported so far."""
+    rendering: deque[tuple[int, bytes, asyncio.Task[bytes | None]]] = deque()
+    reading: asyncio.Task[tuple[int, bytes] | None] | None = None
+    try:
+        while batch is not None or rendering:
+            if batch is not None:
+                count, lines = batch
+                rendered = asyncio.create_task(_thread(writer.render_lines, lines, count))
+                rendering.append((count, lines, rendered))
+                reading = asyncio.create_task(_thread(next, batches, None))
+            if batch is None or len(rendering) == RENDERS_AT_ONCE:
+                count, lines, rendered = rendering.popleft()
+                await _thread(writer.put_lines, lines, await rendered)
+                total += count
+                await progress.advance(f"{total} records exported")
+            if reading is not None:
+                batch, reading = await reading, None
+    finally:  # no thread may still read ``batches`` when the caller closes it
+        unfinished = [f for f in (reading, *(r for _, _, r in rendering)) if f is not None]
+        if unfinished:
+            await asyncio.gather(*unfinished, return_exceptions=True)
     return total
 
 

@@ -207,6 +207,30 @@ def test_export_csv_jsonl_and_xlsx(home: str) -> None:
     assert len(list(book["People"].iter_rows(values_only=True))) == 4
 
 
+def test_export_writes_blocks_in_order_when_some_go_the_python_way(home: str) -> None:
+    """Blocks are rendered several at once while the next is read; those Arrow cannot
+    render (an object in a cell) are written the Python way, in their place: the file is the
+    Python writer's, byte for byte, and every block is a counted part."""
+    sheet = data.create_workbook(
+        name="W", sheets=[{"name": "S", "fields": [{"key": "k"}, {"key": "v"}]}]
+    )
+    sheet_id = sheet.sheets[0].id
+    records = [
+        {"k": f"row {i}", "v": {"nested": i} if i % 7 == 3 else f"text, {i}"} for i in range(40)
+    ]
+    store.insert_records(jp.api.organization_id(), sheet_id, [(r, None) for r in records])
+    run = run_operation("export", sheet_id, type="sheet", config={"chunkSize": 3})
+    assert run.status is JobStatus.COMPLETED, run.outcome
+    assert run.outcome is not None and (run.parts, run.processed) == (14, 14)
+    expected = io.StringIO(newline="")
+    writer = csv.writer(expected)
+    writer.writerow(["k", "v"])
+    for r in records:
+        v = r["v"]
+        writer.writerow([r["k"], json.dumps(v) if isinstance(v, dict) else v])
+    assert data.download_file(run.outcome["fileId"]) == expected.getvalue().encode()
+
+
 def test_operations_as_steps_of_one_job(home: str) -> None:
     """Extract then export in one job, as ``workflowExecutionOrder`` steps (the export
     reads the sheet the extract made, passed in by id)."""
