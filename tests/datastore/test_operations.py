@@ -9,12 +9,14 @@ import io
 import json
 import time
 
+import pytest
 from openpyxl import load_workbook
 
 import jobs_plugin as jp
 from jobs_plugin import engine
 from jobs_plugin.data import api as data
 from jobs_plugin.data import store
+from jobs_plugin.settings import get_settings
 from jobs_plugin.translation import JobStatus
 from tests.datastore.conftest import run_operation, upload, values
 
@@ -262,8 +264,15 @@ def test_operations_as_steps_of_one_job(home: str) -> None:
     assert raw == b"k,v\r\n1,a\r\n2,b\r\n"
 
 
-def test_a_canceled_extract_resumes_without_duplicates(home: str) -> None:
-    rows = 6000
+def test_a_canceled_extract_resumes_without_duplicates(
+    home: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The cancel must land mid-way: progress reported at every chunk, the cancel checked
+    # every 20 ms, and enough chunks (500) that the extract cannot end first.
+    monkeypatch.setenv("PREFECT_JOBS_PROGRESS_EVENT_SECONDS", "0")
+    monkeypatch.setenv("PREFECT_JOBS_CANCEL_POLL_SECONDS", "0.02")
+    get_settings.cache_clear()
+    rows = 20_000
     content = "n,word\n" + "".join(f"{i},w{i}\n" for i in range(rows))
     file_id = upload("big.csv", content)
     job = jp.create_job(
