@@ -15,7 +15,7 @@ from openpyxl import load_workbook
 import jobs_plugin as jp
 from jobs_plugin import engine
 from jobs_plugin.data import api as data
-from jobs_plugin.data import store
+from jobs_plugin.data import formats, store
 from jobs_plugin.settings import get_settings
 from jobs_plugin.translation import JobStatus
 from tests.datastore.conftest import run_operation, upload, values
@@ -227,9 +227,7 @@ def test_export_writes_blocks_in_order_when_some_go_the_python_way(home: str) ->
     expected = io.StringIO(newline="")
     writer = csv.writer(expected)
     writer.writerow(["k", "v"])
-    for r in records:
-        v = r["v"]
-        writer.writerow([r["k"], json.dumps(v) if isinstance(v, dict) else v])
+    writer.writerows([formats.csv_cell(r["k"]), formats.csv_cell(r["v"])] for r in records)
     assert data.download_file(run.outcome["fileId"]) == expected.getvalue().encode()
 
 

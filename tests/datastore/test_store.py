@@ -108,7 +108,7 @@ def test_a_steps_contiguous_chunks_keep_one_range(data_url: str) -> None:
     state: dict[str, Any] | None = None
     for k in range(3):
         chunk = store.Chunk(inserts=[(sheet.id, [({"n": 2 * k}, None), ({"n": 2 * k + 1}, None)])])
-        state = store.commit_chunk(ORG, "lin", 0, state, {"k": k, **(state or {})}, chunk)
+        state = store.commit_chunk(ORG, "lin", 0, state, {**(state or {}), "k": k}, chunk)
     assert state is not None
     [[_, low, high]] = state["ranges"]
     assert high - low == 5
