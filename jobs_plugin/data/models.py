@@ -5,8 +5,10 @@ own SQLAlchemy metadata (``DataModel``), apart from the catalog's. Files, workbo
 follow the catalog's split (``XBase``, ``X(table=True)``, ``XCreate``, ``XUpdate``,
 ``XPublic``); records are a SQLAlchemy Core table written in bulk (``record_table``).
 
-A record's id is not stored: it is ``us_rc_`` followed by its row number (``seq``, a global
-autoincrement) in base 36, so a million new records cost no random ids and no second index.
+A record's id is not stored: it is ``us_rc_`` followed by its row number (``seq``) in base 36,
+so a million new records cost no random ids. Each sheet owns a range of row numbers (its
+``number`` times ``2**RANGE_BITS`` on), so its records are one stretch of the table's primary
+key: no index on the sheet is written per record, and a sheet is read by a key range.
 """
 
 from __future__ import annotations
@@ -28,6 +30,14 @@ FILE_PREFIX = "us_fl"
 WORKBOOK_PREFIX = "us_wb"
 SHEET_PREFIX = "us_sh"
 RECORD_PREFIX = "us_rc"
+RANGE_BITS = 36
+"""Row numbers per sheet: 2**36 (68.7 billion records written over a sheet's life; the row
+numbers of deleted records are not given again), for 2**27 sheets in a signed 64-bit key."""
+LEGACY_ROWS = f"(seq >> {RANGE_BITS}) = 0"
+"""The records of sheets made before sheets had ranges (``number`` NULL), numbered below
+``2**RANGE_BITS``: the WHERE of the partial index that finds them by sheet, and a term of
+their queries. A shift, not ``seq < 2**36``: a query's own bound on ``seq`` is then the only
+range SQLite can take (of two upper bounds, it may take the looser one)."""
 _RECORD_ID_DIGITS = 12
 API = _api_config(from_attributes=True)
 
@@ -245,6 +255,9 @@ class Sheet(SheetBase, table=True):
     id: str = Field(primary_key=True, max_length=40)
     organization_id: str = Field(index=True, max_length=40)
     position: int = 0
+    number: int | None = Field(default=None, unique=True, index=True)
+    """Which range of row numbers the sheet's records get (``RANGE_BITS``); NULL for a sheet
+    made before ranges, whose records are numbered below ``2**RANGE_BITS`` (``LEGACY_ROWS``)."""
     created_at: datetime = _ts()
     updated_at: datetime = _ts()
 
@@ -313,7 +326,13 @@ record_table = sa.Table(
     sa.Column("values", sa.JSON, nullable=False),
     sa.Column("messages", sa.JSON(none_as_null=True), nullable=True),
     sa.Column("metadata", sa.JSON(none_as_null=True), nullable=True),
-    sa.Index("ix_data_record_sheet_seq", "sheet_id", "seq"),
+    sa.Index(
+        "ix_data_record_legacy_sheet_seq",
+        "sheet_id",
+        "seq",
+        sqlite_where=sa.text(LEGACY_ROWS),
+        postgresql_where=sa.text(LEGACY_ROWS),
+    ),
 )
 """One row per record: ``values`` maps field keys to plain values; ``messages`` maps the keys
 of invalid cells to Flatfile's ``[{"type": "error", "message": ...}]`` (NULL when valid)."""
@@ -324,8 +343,9 @@ counter_table = sa.Table(
     sa.Column("name", sa.String(40), primary_key=True),
     sa.Column("value", sa.BigInteger, nullable=False),
 )
-"""Highest numbers given: ``record`` is the highest record row number ever used on SQLite
-(which would otherwise give a deleted newest record's number to the next one)."""
+"""Highest numbers given: ``sheet`` the highest sheet number; a sheet's id the highest row
+number of its range used (SQLite would otherwise give a deleted newest record's number to the
+next one); ``record`` the highest row number of the sheets made before ranges, on SQLite."""
 
 checkpoint_table = sa.Table(
     "data_checkpoint",

@@ -26,6 +26,8 @@ from sqlmodel import Session, col, func, select
 from jobs_plugin import db, ids
 from jobs_plugin.data.models import (
     FILE_PREFIX,
+    LEGACY_ROWS,
+    RANGE_BITS,
     SHEET_PREFIX,
     WORKBOOK_PREFIX,
     DataFile,
@@ -38,6 +40,7 @@ from jobs_plugin.data.models import (
     Workbook,
     WorkbookNotFound,
     checkpoint_table,
+    counter_table,
     record_seq,
     record_table,
 )
@@ -256,8 +259,77 @@ def create_workbook(
     with _Write() as session:
         session.add(workbook)
         session.flush()
+        _number(session.connection(), rows)
         session.add_all(rows)
     return workbook, rows
+
+
+_MAX_SHEETS = 1 << (63 - RANGE_BITS)
+
+
+def _number(conn: sa.Connection, sheets: Sequence[Sheet]) -> None:
+    """Give new sheets their ranges of row numbers (a sheet number each, and the counter of
+    the range's highest number used), in the caller's write transaction."""
+    if not sheets:
+        return
+    top = int(
+        conn.execute(
+            counter_table.update()
+            .where(counter_table.c.name == "sheet")
+            .values(value=counter_table.c.value + len(sheets))
+            .returning(counter_table.c.value)
+        ).scalar_one()
+    )
+    if top >= _MAX_SHEETS:
+        raise ConflictError(f"the data store has used all its {_MAX_SHEETS - 1} sheet numbers")
+    for i, sheet in enumerate(sheets):
+        sheet.number = top - len(sheets) + i + 1
+    conn.execute(
+        counter_table.insert(),
+        [{"name": s.id, "value": _low(s)} for s in sheets],
+    )
+
+
+def _low(sheet: Sheet) -> int:
+    """The row numbers of a sheet with a range are above this one (and below the next's)."""
+    assert sheet.number is not None
+    return sheet.number << RANGE_BITS
+
+
+def _in_sheet(
+    sheet: Sheet, *, above: int | None = None, below: int | None = None
+) -> list[sa.ColumnElement[bool]]:
+    """A sheet's records (those with row numbers between ``above`` and ``below`` when given):
+    a range of the primary key, with ONE bound on each side (given two lower bounds, SQLite
+    may seek with the looser one); the partial index for a sheet made before ranges."""
+    where: list[sa.ColumnElement[bool]] = [R.sheet_id == sheet.id]
+    if sheet.number is None:
+        where.append(sa.literal_column(LEGACY_ROWS))  # untyped: no "= 1" on SQLite
+        low, high = above, below
+    else:
+        low = max(_low(sheet), above) if above is not None else _low(sheet)
+        end = _low(sheet) + (1 << RANGE_BITS)
+        high = min(end, below) if below is not None else end
+    if low is not None:
+        where.append(R.seq > low)
+    if high is not None:
+        where.append(R.seq < high)
+    return where
+
+
+def _sheet_row(session: Session, organization_id: str, sheet_id: str) -> Sheet:
+    sheet = session.get(Sheet, sheet_id)
+    if sheet is None or sheet.organization_id != organization_id:
+        raise SheetNotFound(sheet_id)
+    return sheet
+
+
+def _drop_sheet(session: Session, sheet: Sheet) -> None:
+    """A sheet, its records and its row-number counter (in the caller's transaction)."""
+    conn = session.connection()
+    conn.execute(record_table.delete().where(*_in_sheet(sheet)))
+    conn.execute(counter_table.delete().where(counter_table.c.name == sheet.id))
+    session.delete(sheet)
 
 
 def _check_slugs(sheets: Sequence[SheetConfig]) -> None:
@@ -333,8 +405,10 @@ def update_workbook(
                 slug = config.slug or slug_of(config.name)
                 known = existing.get(slug)
                 if known is None:
-                    session.add(_new_sheet(organization_id, workbook_id, config, len(existing)))
-                    existing[slug] = known  # type: ignore[assignment]
+                    added = _new_sheet(organization_id, workbook_id, config, len(existing))
+                    _number(session.connection(), [added])
+                    session.add(added)
+                    existing[slug] = added
                 else:
                     config = config.model_copy(update={"slug": slug})
                     known.name = config.name
@@ -350,11 +424,8 @@ def delete_workbook(organization_id: str, workbook_id: str) -> None:
         workbook = session.get(Workbook, workbook_id)
         if workbook is None or workbook.organization_id != organization_id:
             raise WorkbookNotFound(workbook_id)
-        sheets = session.exec(select(Sheet).where(Sheet.workbook_id == workbook_id)).all()
-        conn = session.connection()
-        for sheet in sheets:
-            conn.execute(record_table.delete().where(R.sheet_id == sheet.id))
-            session.delete(sheet)
+        for sheet in session.exec(select(Sheet).where(Sheet.workbook_id == workbook_id)).all():
+            _drop_sheet(session, sheet)
         session.delete(workbook)
 
 
@@ -421,6 +492,7 @@ def prepare_targets(
                 assert config is not None
                 sheet = _new_sheet(organization_id, workbook.id, config, count)
                 count += 1
+                _number(session.connection(), [sheet])
                 session.add(sheet)
                 made.append(sheet.id)
                 targets.append(sheet.id)
@@ -502,9 +574,11 @@ class RecordQuery:
             raise ValidationError("q", "FFQL queries are not supported; use filter/searchValue")
 
 
-def _conditions(sheet_id: str, query: RecordQuery) -> list[sa.ColumnElement[bool]]:
+def _conditions(
+    sheet: Sheet, query: RecordQuery, *, above: int | None = None, below: int | None = None
+) -> list[sa.ColumnElement[bool]]:
     query.check()
-    where: list[sa.ColumnElement[bool]] = [R.sheet_id == sheet_id]
+    where = _in_sheet(sheet, above=above, below=below)
     if query.filter == "valid":
         where.append(R.valid.is_(True))
     elif query.filter == "error":
@@ -549,7 +623,7 @@ def query_records(
 ) -> tuple[Sheet, list[sa.Row[Any]], int]:
     """One page of a sheet's records, and how many match."""
     sheet = get_sheet(organization_id, sheet_id)
-    where = _conditions(sheet_id, query)
+    where = _conditions(sheet, query)
     with get_store().reader.connect() as conn:
         total = conn.execute(sa.select(sa.func.count()).where(*where)).scalar_one()
         rows = conn.execute(
@@ -563,19 +637,18 @@ def query_records(
 
 
 def count_records(organization_id: str, sheet_id: str, query: RecordQuery | None = None) -> int:
-    get_sheet(organization_id, sheet_id)
-    where = _conditions(sheet_id, query or RecordQuery())
+    where = _conditions(get_sheet(organization_id, sheet_id), query or RecordQuery())
     with get_store().reader.connect() as conn:
         return int(conn.execute(sa.select(sa.func.count()).where(*where)).scalar_one())
 
 
 def record_counts(organization_id: str, sheet_id: str) -> RecordCounts:
-    get_sheet(organization_id, sheet_id)
+    sheet = get_sheet(organization_id, sheet_id)
     with get_store().reader.connect() as conn:
         total, errors = conn.execute(
             sa.select(
                 sa.func.count(), sa.func.coalesce(sa.func.sum(sa.case((R.valid, 0), else_=1)), 0)
-            ).where(R.sheet_id == sheet_id)
+            ).where(*_in_sheet(sheet))
         ).one()
     return RecordCounts(total=int(total), valid=int(total) - int(errors), error=int(errors))
 
@@ -593,7 +666,7 @@ def stream_json(
     order, SQLite joins a block itself (``group_concat``, with the GIL released), else the
     driver's cursor gives a document at a time."""
     sheet = get_sheet(organization_id, sheet_id)
-    where = _conditions(sheet_id, query)
+    where = _conditions(sheet, query)
     with get_store().reader.connect() as conn, conn.begin():
         text = sa.cast(R["values"], sa.Text)
         order = _sortable(query, sheet)
@@ -610,26 +683,27 @@ def stream_json(
             cursor = result.cursor
             blocks = ([r[0] for r in rows] for rows in iter(lambda: cursor.fetchmany(batch), []))
         else:
-            yield from _sqlite_blocks(conn, where, query.sort_direction == "desc", batch)
+            yield from _sqlite_blocks(conn, sheet, query, batch)
             return
         for documents in blocks:
             yield len(documents), b"\n".join(documents)
 
 
 def _sqlite_blocks(
-    conn: sa.Connection, where: list[Any], desc: bool, batch: int
+    conn: sa.Connection, sheet: Sheet, query: RecordQuery, batch: int
 ) -> Iterator[tuple[int, bytes]]:
     """Blocks in row order, a statement each (keyset paging on ``seq`` inside the caller's
     read transaction, so one snapshot). The documents of a block are joined in the order
     the subquery yields them, its ORDER BY's: a subquery with a LIMIT is not flattened into
     an aggregate, so SQLite feeds it to ``group_concat`` row by row, in order (the store's
     tests check it across blocks, both ways)."""
+    desc = query.sort_direction == "desc"
     after: int | None = None
     while True:
-        step = [R.seq < after if desc else R.seq > after] if after is not None else []
+        where = _conditions(sheet, query, **{"below" if desc else "above": after})
         block = (
             sa.select(R.seq, sa.cast(R["values"], sa.Text).label("document"))
-            .where(*where, *step)
+            .where(*where)
             .order_by(R.seq.desc() if desc else R.seq)
             .limit(batch)
             .subquery()
@@ -656,7 +730,8 @@ def records_after(
 ) -> list[sa.Row[Any]]:
     """Up to ``limit`` records with row number above ``after_seq``, in row order (keyset
     paging: each call is a short read, so it can interleave with writes)."""
-    where = [*_conditions(sheet_id, query or RecordQuery()), R.seq > after_seq]
+    sheet = get_sheet(organization_id, sheet_id)
+    where = _conditions(sheet, query or RecordQuery(), above=after_seq)
     with get_store().reader.connect() as conn:
         return list(
             conn.execute(sa.select(record_table).where(*where).order_by(R.seq).limit(limit)).all()
@@ -664,7 +739,7 @@ def records_after(
 
 
 def matching_seqs(organization_id: str, sheet_id: str, query: RecordQuery, limit: int) -> list[int]:
-    where = _conditions(sheet_id, query)
+    where = _conditions(get_sheet(organization_id, sheet_id), query)
     with get_store().reader.connect() as conn:
         return [
             int(s)
@@ -683,7 +758,8 @@ def insert_records(organization_id: str, sheet_id: str, rows: Sequence[Row]) -> 
     if not rows:
         return []
     with _Write() as session:
-        return _insert_bulk(session.connection(), sheet_id, rows)
+        sheet = _sheet_row(session, organization_id, sheet_id)
+        return _insert_bulk(session.connection(), sheet, rows)
 
 
 def read_for_update(organization_id: str, sheet_id: str, seqs: Sequence[int]) -> list[sa.Row[Any]]:
@@ -729,71 +805,88 @@ def _encode(value: Any) -> str:
     return orjson.dumps(value, option=orjson.OPT_NON_STR_KEYS).decode()
 
 
-def _insert_bulk(conn: sa.Connection, sheet_id: str, rows: Rows) -> list[int]:
+def _numbers(conn: sa.Connection, sheet: Sheet, count: int) -> Sequence[int]:
+    """``count`` new row numbers for the sheet's records, in order, never given before: the
+    next of its range (its counter row is locked by the UPDATE until the caller commits);
+    for a sheet made before ranges, the next of the old shared counter, or on PostgreSQL of
+    the table's sequence."""
+    if sheet.number is None and conn.dialect.name == "postgresql":
+        return [
+            int(s)
+            for s in conn.exec_driver_sql(
+                "SELECT nextval(pg_get_serial_sequence('data_record', 'seq')) "
+                "FROM generate_series(1, %s)",
+                (count,),
+            ).scalars()
+        ]
+    c = counter_table.c
+    top = int(
+        conn.execute(
+            counter_table.update()
+            .where(c.name == ("record" if sheet.number is None else sheet.id))
+            .values(value=c.value + count)
+            .returning(c.value)
+        ).scalar_one()
+    )
+    if sheet.number is not None and top >= _low(sheet) + (1 << RANGE_BITS):
+        raise ConflictError(
+            f"sheet {sheet.id} has used all its {(1 << RANGE_BITS) - 1} record numbers"
+        )
+    return range(top - count + 1, top + 1)
+
+
+def _insert_bulk(conn: sa.Connection, sheet: Sheet, rows: Rows) -> list[int]:
     """Insert rows in order; the row numbers they got, in order."""
     if not len(rows):
         return []
+    seqs = _numbers(conn, sheet, len(rows))
     if conn.dialect.name == "sqlite":
-        return _insert_bulk_sqlite(conn, sheet_id, rows)
-    # PostgreSQL: numbers drawn from the table's sequence (so never given twice, and right
-    # even when other writers draw at the same time), then one ``executemany`` of pre-encoded
-    # JSON (SQLAlchemy's per-row parameter processing costs more than the insert itself).
-    seqs = [
-        int(s)
-        for s in conn.exec_driver_sql(
-            "SELECT nextval(pg_get_serial_sequence('data_record', 'seq')) "
-            "FROM generate_series(1, %s)",
-            (len(rows),),
-        ).scalars()
-    ]
+        _insert_bulk_sqlite(conn, sheet.id, seqs[0], rows)
+        return list(seqs)
+    # PostgreSQL: one statement of pre-encoded JSON (SQLAlchemy's per-row parameter
+    # processing costs more than the insert itself).
+    numbers = list(seqs)
     if isinstance(rows, Encoded):
         conn.exec_driver_sql(
             'INSERT INTO data_record (seq, sheet_id, valid, "values") '
             "SELECT (%s::bigint[])[e.n], %s, true, e.value "
             "FROM json_array_elements(convert_from(%s, 'UTF8')::json) "
             "WITH ORDINALITY AS e(value, n)",
-            (seqs, sheet_id, rows.text),
+            (numbers, sheet.id, rows.text),
         )
-        return seqs
+        return numbers
     encode = _encode
     conn.exec_driver_sql(
         'INSERT INTO data_record (seq, sheet_id, valid, "values", messages) '
         "VALUES (%s, %s, %s, %s, %s)",
         [
-            (seq, sheet_id, not messages, encode(values), encode(messages) if messages else None)
-            for seq, (values, messages) in zip(seqs, rows, strict=True)
+            (seq, sheet.id, not messages, encode(values), encode(messages) if messages else None)
+            for seq, (values, messages) in zip(numbers, rows, strict=True)
         ],
     )
-    return seqs
+    return numbers
 
 
-def _insert_bulk_sqlite(conn: sa.Connection, sheet_id: str, rows: Rows) -> list[int]:
+def _insert_bulk_sqlite(conn: sa.Connection, sheet_id: str, first: int, rows: Rows) -> None:
     """SQLite: the whole chunk as ONE JSON array, split by ``json_each`` inside one statement
-    (no parameter binding per row), row numbers given explicitly after the highest ever
-    given (``data_counter``; the writer holds ``BEGIN IMMEDIATE``: nobody else takes them);
-    then the messages of the invalid rows, by row number."""
-    base = int(
-        conn.exec_driver_sql(
-            "UPDATE data_counter SET value = value + ? WHERE name = 'record' RETURNING value",
-            (len(rows),),
-        ).scalar_one()
-    ) - len(rows)
+    (no parameter binding per row), numbered from ``first`` on (the writer holds ``BEGIN
+    IMMEDIATE``: nobody else takes those numbers); then the messages of the invalid rows, by
+    row number."""
     # Bytes bound as a BLOB, read as text by the CAST (SQLite would take a BLOB for JSONB).
     if isinstance(rows, Encoded):
         values, invalid = rows.text, []
     else:
         values = orjson.dumps([v for v, _ in rows], option=orjson.OPT_NON_STR_KEYS)
-        invalid = [(_encode(m), base + i + 1) for i, (_, m) in enumerate(rows) if m]
+        invalid = [(_encode(m), first + i) for i, (_, m) in enumerate(rows) if m]
     conn.exec_driver_sql(
         'INSERT INTO data_record (seq, sheet_id, valid, "values") '
-        "SELECT ? + key + 1, ?, 1, value FROM json_each(CAST(? AS TEXT))",
-        (base, sheet_id, values),
+        "SELECT ? + key, ?, 1, value FROM json_each(CAST(? AS TEXT))",
+        (first, sheet_id, values),
     )
     if invalid:
         conn.exec_driver_sql(
             "UPDATE data_record SET valid = 0, messages = ? WHERE seq = ?", invalid
         )
-    return list(range(base + 1, base + len(rows) + 1))
 
 
 # --------------------------------------------------------------------------- checkpoints
@@ -886,7 +979,7 @@ def commit_chunk(
         conn = session.connection()
         for sheet_id, rows in chunk.inserts:
             if rows:
-                numbers = _insert_bulk(conn, sheet_id, rows)
+                numbers = _insert_bulk(conn, _sheet_row(session, organization_id, sheet_id), rows)
                 _add_range(ranges, sheet_id, min(numbers), max(numbers))
         for sheet_id, seqs in chunk.deletes:
             if seqs:
@@ -899,13 +992,16 @@ def commit_chunk(
 
 
 def _add_range(ranges: list[list[Any]], sheet_id: str, low: int, high: int) -> None:
-    """Append a written range, or extend the last one when this one follows it: a step's
-    chunks are contiguous unless another writer came between, so its checkpoint holds a
-    range or a few per sheet, not one per chunk (rewritten at every chunk)."""
-    if ranges and ranges[-1][0] == sheet_id and ranges[-1][2] + 1 == low:
-        ranges[-1] = [sheet_id, ranges[-1][1], high]
-    else:
-        ranges.append([sheet_id, low, high])
+    """Extend the sheet's last written range when this one follows it, else append it: a
+    sheet's records are numbered in order in a range of its own, so a step's checkpoint holds
+    one range per sheet it writes, not one per chunk (it is rewritten at every chunk)."""
+    for i in range(len(ranges) - 1, -1, -1):
+        if ranges[i][0] == sheet_id:
+            if ranges[i][2] + 1 == low:
+                ranges[i] = [sheet_id, ranges[i][1], high]
+                return
+            break
+    ranges.append([sheet_id, low, high])
 
 
 def undo_step(organization_id: str, lineage_id: str, position: int, drop_workbook: bool) -> None:
@@ -926,15 +1022,13 @@ def undo_step(organization_id: str, lineage_id: str, position: int, drop_workboo
                     for owned in session.exec(
                         select(Sheet).where(Sheet.workbook_id == workbook_id)
                     ).all():
-                        conn.execute(record_table.delete().where(R.sheet_id == owned.id))
-                        session.delete(owned)
+                        _drop_sheet(session, owned)
                     session.delete(workbook)
             elif state.get("sheetIds"):
                 for sheet_id in state["sheetIds"]:
                     sheet = session.get(Sheet, sheet_id)
                     if sheet is not None and sheet.organization_id == organization_id:
-                        conn.execute(record_table.delete().where(R.sheet_id == sheet_id))
-                        session.delete(sheet)
+                        _drop_sheet(session, sheet)
         conn.execute(
             checkpoint_table.delete().where(
                 checkpoint_table.c.lineage_id == lineage_id, checkpoint_table.c.position == position

@@ -12,11 +12,20 @@ import pytest
 import sqlalchemy as sa
 
 from jobs_plugin.data import store
-from jobs_plugin.data.models import SheetConfig, SheetNotFound, record_id, record_seq
+from jobs_plugin.data.models import (
+    RANGE_BITS,
+    SheetConfig,
+    SheetNotFound,
+    record_id,
+    record_seq,
+    record_table,
+)
+from jobs_plugin.errors import ConflictError
 from jobs_plugin.settings import get_settings
 from tests.conftest import _drop_postgres_database, _postgres_database
 
 ORG, OTHER = "us_org_a", "us_org_b"
+R = record_table.c
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])
@@ -40,7 +49,7 @@ def test_store_round_trip(data_url: str) -> None:
         version = conn.exec_driver_sql(
             "SELECT version_num FROM prefect_jobs_data_alembic_version"
         ).scalar()
-    assert version == "0002"
+    assert version == "0003"
 
     rows = [
         ({"n": i, "w": f"word {i}"}, None if i % 3 else {"n": [{"message": "x"}]})
@@ -185,3 +194,157 @@ def test_stream_json_keeps_row_order_across_blocks(data_url: str) -> None:
     first, _ = next(blocks)
     store.insert_records(ORG, sheet.id, [({"n": -1}, None)])
     assert first + sum(count for count, _ in blocks) == len(kept)
+
+
+def _plan(query: sa.Select[Any]) -> str:
+    """SQLite's plan of a query with bound parameters (as the store runs it), one line."""
+    with store.get_store().reader.connect() as conn:
+        compiled = query.compile(conn)
+        params = tuple(compiled.params[k] for k in compiled.positiontup or ())
+        rows = conn.exec_driver_sql(f"EXPLAIN QUERY PLAN {compiled}", params).all()
+    return " | ".join(str(r[-1]) for r in rows)
+
+
+def test_a_sheets_records_are_one_key_range(data_url: str) -> None:
+    """Each sheet numbers its records in a range of its own: two sheets written in turns keep
+    contiguous numbers (so a step's checkpoint keeps one range per sheet), each read finds its
+    own sheet's records only, and on SQLite a block of an export is a seek on the primary key,
+    from the last block's end (not from the range's start)."""
+    config = SheetConfig(name="S", fields=[{"key": "n", "type": "number"}])
+    _, [a, b] = store.create_workbook(
+        ORG, name="W", sheets=[config, config.model_copy(update={"name": "T", "slug": "t"})]
+    )
+    assert a.number is not None and b.number == a.number + 1
+    state: dict[str, Any] | None = None
+    for k in range(3):
+        chunk = store.Chunk(
+            inserts=[(a.id, [({"n": k}, None)] * 2), (b.id, [({"n": 10 + k}, None)])]
+        )
+        state = store.commit_chunk(ORG, "lin", 0, state, {**(state or {}), "k": k}, chunk)
+    assert state is not None
+    (_, a_low, a_high), (_, b_low, b_high) = state["ranges"]
+    assert (a_high - a_low, b_high - b_low) == (5, 2)
+    assert a_low == (a.number << RANGE_BITS) + 1 and b_low == (b.number << RANGE_BITS) + 1
+    assert [v["n"] for v in _values(a.id)] == [0, 0, 1, 1, 2, 2]
+    assert [v["n"] for v in _values(b.id)] == [10, 11, 12]
+    assert store.record_counts(ORG, b.id).total == 3
+    if not data_url.startswith("sqlite"):
+        return
+    sheet = store.get_sheet(ORG, a.id)
+    plan = _plan(
+        sa.select(R.seq).where(*store._conditions(sheet, store.RecordQuery(), above=a_low + 2))
+    )
+    assert "USING INTEGER PRIMARY KEY (rowid>? AND rowid<?)" in plan, plan
+    where = store._conditions(sheet, store.RecordQuery(), above=a_low + 2)
+    lower = [w for w in where if str(w).startswith("data_record.seq >")]
+    assert len(lower) == 1 and lower[0].compile().params == {"seq_1": a_low + 2}
+
+
+def _values(sheet_id: str) -> list[dict[str, Any]]:
+    _, rows, _ = store.query_records(ORG, sheet_id, store.RecordQuery())
+    return [r._mapping["values"] for r in rows]
+
+
+def test_a_sheet_that_used_its_range_refuses_more_records(data_url: str) -> None:
+    config = SheetConfig(name="S", fields=[{"key": "n", "type": "number"}])
+    _, [sheet] = store.create_workbook(ORG, name="W", sheets=[config])
+    assert sheet.number is not None
+    last = ((sheet.number + 1) << RANGE_BITS) - 1
+    with store.get_store().writer.begin() as conn:
+        conn.execute(
+            sa.text("UPDATE data_counter SET value = :v WHERE name = :s"),
+            {"v": last - 1, "s": sheet.id},
+        )
+    assert store.insert_records(ORG, sheet.id, [({"n": 1}, None)]) == [last]
+    with pytest.raises(ConflictError, match=f"sheet {sheet.id} has used all its"):
+        store.insert_records(ORG, sheet.id, [({"n": 2}, None)])
+    assert [v["n"] for v in _values(sheet.id)] == [1]
+
+
+def _migrate_to(revision: str) -> None:
+    from alembic import command
+    from alembic.config import Config
+
+    config = Config()
+    config.set_main_option("script_location", str(store._MIGRATIONS))
+    config.attributes["version_table"] = store._VERSION_TABLE
+    engine = sa.create_engine(store.data_url())
+    with engine.connect() as conn:
+        config.attributes["connection"] = conn
+        command.upgrade(config, revision)
+        conn.commit()
+    engine.dispose()
+
+
+def test_sheets_made_before_ranges_keep_their_records_and_ids(data_url: str) -> None:
+    """A store written by revision 0002 (one shared row counter, an index on the sheet): after
+    the upgrade its sheets find their records, under the same ids, both ways and by block;
+    new records follow the old counter; a new sheet gets a range; deleting works."""
+    _migrate_to("0002")
+    engine = sa.create_engine(store.data_url())
+    config = {"name": "Old", "slug": "old", "fields": [{"key": "n", "type": "number"}]}
+    with engine.begin() as conn:
+        conn.execute(
+            sa.text(
+                "INSERT INTO data_workbook (id, organization_id, name, created_at, updated_at) "
+                "VALUES ('us_wb_old', :org, 'Old', :now, :now)"
+            ),
+            {"org": ORG, "now": "2026-12-01 00:00:00"},
+        )
+        for sheet_id in ("us_sh_old", "us_sh_old2"):
+            conn.execute(
+                sa.text(
+                    "INSERT INTO data_sheet (id, organization_id, workbook_id, name, slug, "
+                    "config, position, created_at, updated_at) VALUES (:id, :org, 'us_wb_old', "
+                    "'Old', :id, :config, 0, :now, :now)"
+                ),
+                {
+                    "id": sheet_id,
+                    "org": ORG,
+                    "config": orjson.dumps(config).decode(),
+                    "now": "2026-12-01 00:00:00",
+                },
+            )
+        for seq in range(1, 21):  # two sheets' records, interleaved
+            conn.execute(
+                sa.text(
+                    'INSERT INTO data_record (seq, sheet_id, valid, "values") '
+                    "VALUES (:seq, :sheet, true, :values)"
+                ),
+                {
+                    "seq": seq,
+                    "sheet": "us_sh_old" if seq % 2 else "us_sh_old2",
+                    "values": orjson.dumps({"n": seq}).decode(),
+                },
+            )
+        conn.execute(sa.text("UPDATE data_counter SET value = 20 WHERE name = 'record'"))
+        if engine.dialect.name == "postgresql":
+            conn.execute(sa.text("SELECT setval(pg_get_serial_sequence('data_record', 'seq'), 20)"))
+    engine.dispose()
+
+    old = store.get_sheet(ORG, "us_sh_old")  # upgrades the store
+    assert old.number is None
+    odd = list(range(1, 21, 2))
+    _, rows, total = store.query_records(ORG, old.id, store.RecordQuery())
+    assert total == 10 and [r._mapping["seq"] for r in rows] == odd
+    assert [record_id(r._mapping["seq"]) for r in rows] == [record_id(s) for s in odd]
+    for direction, expected in (("asc", odd), ("desc", odd[::-1])):
+        blocks = store.stream_json(
+            ORG, old.id, store.RecordQuery(sort_direction=direction), batch=3
+        )
+        assert [orjson.loads(x)["n"] for _, b in blocks for x in b.split(b"\n")] == expected
+    assert [int(r.seq) for r in store.records_after(ORG, old.id, 15, 10)] == [17, 19]
+    added = store.insert_records(ORG, old.id, [({"n": 99}, None)])
+    assert added[0] > 20 and added[0] < 1 << RANGE_BITS
+    assert store.count_records(ORG, old.id) == 11 and store.count_records(ORG, "us_sh_old2") == 10
+    assert store.delete_records(ORG, old.id, [1, 2]) == 1  # record 2 is the other sheet's
+    _, [new] = store.create_workbook(ORG, name="New", sheets=[SheetConfig(**config)])
+    assert new.number == 1
+    assert store.insert_records(ORG, new.id, [({"n": 1}, None)]) == [(1 << RANGE_BITS) + 1]
+    if data_url.startswith("sqlite"):
+        plan = _plan(sa.select(R.seq).where(*store._conditions(old, store.RecordQuery(), below=9)))
+        assert "ix_data_record_legacy_sheet_seq (sheet_id=? AND seq<?)" in plan, plan
+    store.delete_workbook(ORG, "us_wb_old")
+    assert store.count_records(ORG, new.id) == 1
+    with store.get_store().reader.connect() as conn:
+        assert conn.execute(sa.text("SELECT count(*) FROM data_record")).scalar() == 1
