@@ -301,10 +301,12 @@ def _in_sheet(
 ) -> list[sa.ColumnElement[bool]]:
     """A sheet's records (those with row numbers between ``above`` and ``below`` when given):
     a range of the primary key, with ONE bound on each side (given two lower bounds, SQLite
-    may seek with the looser one); the partial index for a sheet made before ranges."""
-    where: list[sa.ColumnElement[bool]] = [R.sheet_id == sheet.id]
+    may seek with the looser one), and nothing else (a count of a million records reads only
+    the key: 0.06 s, 0.11 s with a check of each row's sheet too); the partial index for a
+    sheet made before ranges."""
+    where: list[sa.ColumnElement[bool]] = []
     if sheet.number is None:
-        where.append(sa.literal_column(LEGACY_ROWS))  # untyped: no "= 1" on SQLite
+        where += [R.sheet_id == sheet.id, sa.literal_column(LEGACY_ROWS)]  # untyped: no "= 1"
         low, high = above, below
     else:
         low = max(_low(sheet), above) if above is not None else _low(sheet)
@@ -700,7 +702,9 @@ def _sqlite_blocks(
     desc = query.sort_direction == "desc"
     after: int | None = None
     while True:
-        where = _conditions(sheet, query, **{"below" if desc else "above": after})
+        where = _conditions(
+            sheet, query, above=None if desc else after, below=after if desc else None
+        )
         block = (
             sa.select(R.seq, sa.cast(R["values"], sa.Text).label("document"))
             .where(*where)

@@ -39,6 +39,9 @@ def upgrade() -> None:
 
 
 def downgrade() -> None:
+    """Back to one index on the sheet, which finds every record again (those numbered in a
+    range keep their numbers). Upgrading once more would not: their sheets would be taken
+    for sheets made before ranges."""
     op.execute("DELETE FROM data_counter WHERE name <> 'record'")
     op.drop_index("ix_data_record_legacy_sheet_seq", table_name="data_record")
     op.create_index("ix_data_record_sheet_seq", "data_record", ["sheet_id", "seq"])
