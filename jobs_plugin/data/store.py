@@ -758,8 +758,8 @@ def matching_seqs(organization_id: str, sheet_id: str, query: RecordQuery, limit
 
 def insert_records(organization_id: str, sheet_id: str, rows: Sequence[Row]) -> list[int]:
     """Insert records one request at a time (the API's insert); their row numbers, in order."""
-    get_sheet(organization_id, sheet_id)
     if not rows:
+        get_sheet(organization_id, sheet_id)
         return []
     with _Write() as session:
         sheet = _sheet_row(session, organization_id, sheet_id)
