@@ -85,7 +85,7 @@ def data_url() -> str:
     return settings.data_url or f"sqlite:///{settings.home_path / 'data.db'}"
 
 
-def _migrate(store: db.Catalog) -> None:
+def _migrate(store: db.Catalog, revision: str = "head") -> None:
     from alembic import command
     from alembic.config import Config
 
@@ -97,7 +97,7 @@ def _migrate(store: db.Catalog) -> None:
             conn.exec_driver_sql("SELECT pg_advisory_lock(827262)")
         try:
             config.attributes["connection"] = conn
-            command.upgrade(config, "head")
+            command.upgrade(config, revision)
             conn.commit()
         finally:
             if conn.dialect.name == "postgresql":
@@ -286,14 +286,15 @@ def _number(conn: sa.Connection, sheets: Sequence[Sheet]) -> None:
         sheet.number = top - len(sheets) + i + 1
     conn.execute(
         counter_table.insert(),
-        [{"name": s.id, "value": _low(s)} for s in sheets],
+        [{"name": s.id, "value": _span(s)[0]} for s in sheets],
     )
 
 
-def _low(sheet: Sheet) -> int:
-    """The row numbers of a sheet with a range are above this one (and below the next's)."""
+def _span(sheet: Sheet) -> tuple[int, int]:
+    """The row numbers of a sheet with a range are above the first and below the second."""
     assert sheet.number is not None
-    return sheet.number << RANGE_BITS
+    low = sheet.number << RANGE_BITS
+    return low, low + (1 << RANGE_BITS)
 
 
 def _in_sheet(
@@ -309,8 +310,8 @@ def _in_sheet(
         where += [R.sheet_id == sheet.id, sa.literal_column(LEGACY_ROWS)]  # untyped: no "= 1"
         low, high = above, below
     else:
-        low = max(_low(sheet), above) if above is not None else _low(sheet)
-        end = _low(sheet) + (1 << RANGE_BITS)
+        first, end = _span(sheet)
+        low = max(first, above) if above is not None else first
         high = min(end, below) if below is not None else end
     if low is not None:
         where.append(R.seq > low)
@@ -832,7 +833,7 @@ def _numbers(conn: sa.Connection, sheet: Sheet, count: int) -> Sequence[int]:
             .returning(c.value)
         ).scalar_one()
     )
-    if sheet.number is not None and top >= _low(sheet) + (1 << RANGE_BITS):
+    if sheet.number is not None and top >= _span(sheet)[1]:
         raise ConflictError(
             f"sheet {sheet.id} has used all its {(1 << RANGE_BITS) - 1} record numbers"
         )

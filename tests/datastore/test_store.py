@@ -11,6 +11,7 @@ import orjson
 import pytest
 import sqlalchemy as sa
 
+from jobs_plugin import db
 from jobs_plugin.data import store
 from jobs_plugin.data.models import (
     RANGE_BITS,
@@ -262,18 +263,10 @@ def test_a_sheet_that_used_its_range_refuses_more_records(data_url: str) -> None
 
 
 def _migrate_to(revision: str) -> None:
-    from alembic import command
-    from alembic.config import Config
-
-    config = Config()
-    config.set_main_option("script_location", str(store._MIGRATIONS))
-    config.attributes["version_table"] = store._VERSION_TABLE
-    engine = sa.create_engine(store.data_url())
-    with engine.connect() as conn:
-        config.attributes["connection"] = conn
-        command.upgrade(config, revision)
-        conn.commit()
-    engine.dispose()
+    built = db._build(store.data_url())
+    store._migrate(built, revision)
+    built.reader.dispose()
+    built.writer.dispose()
 
 
 def test_sheets_made_before_ranges_keep_their_records_and_ids(data_url: str) -> None:
