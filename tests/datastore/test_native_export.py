@@ -172,3 +172,21 @@ def test_a_block_parsed_in_pieces_is_written_as_the_python_writer_does() -> None
     expected = _python(records, list(FIELDS), "csv")
     assert _native(block, len(records), list(FIELDS), "csv") == expected
     assert native_export.csv_block(block, len(records), list(FIELDS), ",") is not None
+
+
+@pytest.mark.parametrize("seed", range(8))
+def test_lines_at_finds_the_lines_a_split_would(seed: int) -> None:
+    """Lines of uneven widths (empty, short, one very long), any ascending choice of rows."""
+    rnd = random.Random(seed)
+    widths = [0, 1, 3, 40, 200, 5_000]
+    chosen = rnd.choices(widths, [5, 20, 20, 30, 20, 1], k=rnd.randint(1, 600))
+    lines = [  # numbered, so a line found at the wrong row shows
+        b"" if width == 0 else b"%d:" % i + b"x" * width for i, width in enumerate(chosen)
+    ]
+    block = b"\n".join(lines)
+    for _ in range(20):
+        rows = sorted(rnd.sample(range(len(lines)), rnd.randint(1, min(len(lines), 30))))
+        assert native_export.lines_at(block, rows, len(lines)) == [lines[r] for r in rows]
+    assert native_export.lines_at(block, [], len(lines)) == []
+    last = len(lines) - 1
+    assert native_export.lines_at(block, [0, last], len(lines)) == [lines[0], lines[last]]
