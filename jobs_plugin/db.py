@@ -37,7 +37,9 @@ class Catalog:
     writer: Engine
 
 
-def _sqlite_engine(url: str, *, immediate: bool, busy_timeout: float) -> Engine:
+def _sqlite_engine(
+    url: str, *, immediate: bool, busy_timeout: float, autocheckpoint: int | None = None
+) -> Engine:
     engine = sa.create_engine(url, connect_args={"check_same_thread": False})
 
     @sa.event.listens_for(engine, "connect")
@@ -48,6 +50,8 @@ def _sqlite_engine(url: str, *, immediate: bool, busy_timeout: float) -> Engine:
         cursor.execute("PRAGMA synchronous=NORMAL")
         cursor.execute("PRAGMA foreign_keys=ON")
         cursor.execute(f"PRAGMA busy_timeout={int(busy_timeout * 1000)}")
+        if autocheckpoint is not None:
+            cursor.execute(f"PRAGMA wal_autocheckpoint={int(autocheckpoint)}")
         cursor.close()
 
     @sa.event.listens_for(engine, "begin")
@@ -57,7 +61,9 @@ def _sqlite_engine(url: str, *, immediate: bool, busy_timeout: float) -> Engine:
     return engine
 
 
-def _build(url: str) -> Catalog:
+def _build(url: str, *, writer_autocheckpoint: int | None = None) -> Catalog:
+    """Engines for ``url``; on SQLite, ``writer_autocheckpoint`` sets the writers'
+    ``wal_autocheckpoint`` (pages; SQLite's default 1,000 otherwise)."""
     settings = get_settings()
     if url.startswith("sqlite"):
         database = sa.make_url(url).database
@@ -67,7 +73,9 @@ def _build(url: str) -> Catalog:
         return Catalog(
             url,
             _sqlite_engine(url, immediate=False, busy_timeout=busy),
-            _sqlite_engine(url, immediate=True, busy_timeout=busy),
+            _sqlite_engine(
+                url, immediate=True, busy_timeout=busy, autocheckpoint=writer_autocheckpoint
+            ),
         )
     engine = sa.create_engine(url, pool_pre_ping=True)
     return Catalog(url, engine, engine)

@@ -2,8 +2,9 @@
 
 The data store is its own database (``settings.data_url``; default SQLite ``data.db`` under
 the home folder), so bulk record writes never wait on the catalog's event writes. Engines come
-from ``jobs_plugin.db`` (WAL, ``BEGIN IMMEDIATE`` writers); the schema has its own Alembic
-scripts (``jobs_plugin/data/migrations``) and version table, applied on first use.
+from ``jobs_plugin.db`` (WAL, ``BEGIN IMMEDIATE`` writers; on SQLite the log is copied back
+after bulk chunks by ``jobs_plugin.data.wal``'s thread, not by the writer); the schema has its
+own Alembic scripts (``jobs_plugin/data/migrations``) and version table, applied on first use.
 
 Every function takes the caller's ``organization_id`` and treats another organization's rows
 as missing. Bulk writes of an operation step go through ``commit_chunk``: the chunk's rows and
@@ -24,6 +25,7 @@ import sqlalchemy as sa
 from sqlmodel import Session, col, func, select
 
 from jobs_plugin import db, ids
+from jobs_plugin.data import wal
 from jobs_plugin.data.models import (
     FILE_PREFIX,
     LEGACY_ROWS,
@@ -52,6 +54,7 @@ _MIGRATIONS = Path(__file__).parent / "migrations"
 _VERSION_TABLE = "prefect_jobs_data_alembic_version"
 _lock = threading.Lock()
 _stores: dict[str, db.Catalog] = {}
+_checkpointers: dict[str, wal.Checkpointer] = {}
 R = record_table.c
 Row = tuple[dict[str, Any], dict[str, Any] | None]
 """A record to write: its values and its cell messages (``None`` when valid)."""
@@ -111,14 +114,26 @@ def get_store(url: str | None = None) -> db.Catalog:
     with _lock:
         store = _stores.get(url)
         if store is None:
-            store = db._build(url)
+            store = db._build(url, writer_autocheckpoint=wal.WRITER_AUTOCHECKPOINT)
             _migrate(store)
             _stores[url] = store
+            if store.writer.dialect.name == "sqlite":
+                _checkpointers[url] = wal.Checkpointer(store.reader)
     return store
+
+
+def checkpointer(url: str | None = None) -> wal.Checkpointer | None:
+    """The background WAL checkpointer of a SQLite data store (``None`` on PostgreSQL)."""
+    url = url or data_url()
+    get_store(url)
+    return _checkpointers.get(url)
 
 
 def dispose_all() -> None:
     with _lock:
+        for running in _checkpointers.values():
+            running.stop()
+        _checkpointers.clear()
         for store in _stores.values():
             store.reader.dispose()
             store.writer.dispose()
@@ -993,6 +1008,10 @@ def commit_chunk(
                 )
         state["ranges"] = ranges
         _put_checkpoint(conn, organization_id, lineage_id, position, expected, state)
+    if chunk.inserts or chunk.deletes:
+        running = checkpointer()
+        if running is not None:  # copy this chunk's pages back off the writer's path
+            running.kick()
     return state
 
 
