@@ -4,7 +4,7 @@ checkpointer after bulk chunks, not by the committing writer."""
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -27,9 +27,9 @@ def data_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]
     store.dispose_all()
 
 
-def _wait_for(check: object, timeout: float = 10.0) -> None:
+def _wait_for(check: Callable[[], bool], timeout: float = 10.0) -> None:
     deadline = time.monotonic() + timeout
-    while not check():  # type: ignore[operator]
+    while not check():
         assert time.monotonic() < deadline, "the background checkpoint did not happen"
         time.sleep(0.01)
 
