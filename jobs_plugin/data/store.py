@@ -123,10 +123,9 @@ def get_store(url: str | None = None) -> db.Catalog:
 
 
 def checkpointer(url: str | None = None) -> wal.Checkpointer | None:
-    """The background WAL checkpointer of a SQLite data store (``None`` on PostgreSQL)."""
-    url = url or data_url()
-    get_store(url)
-    return _checkpointers.get(url)
+    """The background WAL checkpointer of a SQLite data store in use (``None`` on
+    PostgreSQL, or before the store's first use)."""
+    return _checkpointers.get(url or data_url())
 
 
 def dispose_all() -> None:
